@@ -1011,11 +1011,13 @@ def print_effective_attention(ea: dict) -> None:
 
 
 def package_versions() -> dict:
+    """The versions of the modules this process imports: a module's own __version__ where it has one, since the
+    installed distribution's metadata can name another copy (the lent GPU puts a newer Triton ahead on the path)."""
     out = {"torch": torch.__version__}
-    for dist in ("transformers", "flash-linear-attention", "triton"):
+    for module, dist in (("transformers", "transformers"), ("fla", "flash-linear-attention"), ("triton", "triton")):
         try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
+            out[dist] = getattr(importlib.import_module(module), "__version__", None) or importlib.metadata.version(dist)
+        except (ImportError, importlib.metadata.PackageNotFoundError):
             out[dist] = None
     return out
 

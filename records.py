@@ -384,6 +384,21 @@ def results_table(runs: Sequence[Run]) -> str:
     return header + "\n" + "\n".join(rows)
 
 
+def evals_table(runs: Sequence[Run]) -> str:
+    """Every evaluation mode a run made (pre-quantization) and its export timings, one row per seed and mode."""
+    header = ("| seed | eval mode | val_loss | val_bpb | eval time s | export s (gptq + compress + round trip) |\n"
+              "|---|---|---:|---:|---:|---:|")
+    rows = []
+    for run in runs:
+        export_times = run.results.get("export_times") or {}
+        export = (f"{sum(export_times.values()):.1f} (" + " + ".join(f"{v:.1f}" for v in export_times.values()) + ")"
+                  if export_times else "n/a")
+        for mode, e in (run.results.get("evals") or {}).items():
+            rows.append(f"| {run.seed} | {mode} | {e['val_loss']:.8f} | {e['val_bpb']:.8f} | {e['eval_time']:.1f} "
+                        f"| {export} |")
+    return header + "\n" + "\n".join(rows)
+
+
 def build_readme(runs: Sequence[Run], submission: dict, commands: Sequence[str]) -> str:
     first = runs[0].results
     versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
@@ -424,6 +439,12 @@ limit {ARTIFACT_LIMIT_BYTES:,})
 The score is the last line of each log (`train_seed<seed>.log`): the post-quantization round \
 trip when a model was exported, else pre-quantization. Gap = post - pre. \
 Per-run results.json files are in `results/`.
+
+## Evaluations (pre-quantization) and export time
+
+{evals_table(runs)}
+
+Eval times include any compilation the mode triggered in that process.
 """
 
 

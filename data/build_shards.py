@@ -65,8 +65,13 @@ BATCHES_PER_WORKER = 2
 SPLITS = ("val", "train")
 META_KEYS = {
     "tokenizer_path", "tokenizer_sha256", "vocab_size", "bos_id", "prefix", "shard_tokens", "val_docs",
-    "train_docs", "empty_docs_skipped", "val_tokens", "train_tokens", "shards",
+    "train_docs", "empty_docs_skipped", "val_tokens", "train_tokens", "longest_train_docs", "shards",
 }
+# The loaders read shards in order, so one long document is one unbroken run of training batches; the
+# builder lists the longest few and warns about any holding at least this share of the train tokens.
+LONGEST_DOCS_KEPT = 5
+LONG_DOC_WARN_SHARE = 0.01
+REFERENCE_BATCH_TOKENS = 98_304  # the 8-GPU recipe's per-GPU batch, to express a document's length in steps
 INPUT_SUFFIXES = (".txt", ".jsonl", ".jsonl.xz")
 
 
@@ -445,7 +450,7 @@ def build_shards(
 
     non_empty = NonEmpty(docs)
     encoded = _encode_in_order(_batches(non_empty, val_docs), sp, tokenizer_path, workers)
-    doc_counts, shards = _write_splits(encoded, output_dir, prefix, shard_tokens, progress)
+    doc_counts, shards, longest = _write_splits(encoded, output_dir, prefix, shard_tokens, progress)
     meta = {
         "tokenizer_path": str(tokenizer_path),
         "tokenizer_sha256": file_sha256(tokenizer_path),
@@ -458,6 +463,7 @@ def build_shards(
         "empty_docs_skipped": non_empty.skipped,
         "val_tokens": sum(s["tokens"] for s in shards["val"]),
         "train_tokens": sum(s["tokens"] for s in shards["train"]),
+        "longest_train_docs": longest,
         "shards": shards,
     }
     assert set(meta) == META_KEYS
@@ -469,9 +475,14 @@ def build_shards(
 
 def _write_splits(
     encoded: Iterable[tuple[str, int, np.ndarray]], output_dir: Path, prefix: str, shard_tokens: int, progress: bool
-) -> tuple[dict[str, int], dict[str, list[dict]]]:
-    """Writes the encoded batches (all val, then all train) to shards; returns docs and shards per split."""
+) -> tuple[dict[str, int], dict[str, list[dict]], list[dict]]:
+    """Writes the encoded batches (all val, then all train) to shards.
+
+    Returns docs and shards per split, and the longest train documents (most tokens first).
+    """
     doc_counts = dict.fromkeys(SPLITS, 0)
+    split_tokens = dict.fromkeys(SPLITS, 0)
+    longest: list[dict] = []
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
     writer: ShardWriter | None = None
     total_tokens = 0
@@ -482,13 +493,29 @@ def _write_splits(
                     shards[writer.split] = writer.close()
                 writer = ShardWriter(output_dir, prefix, split, shard_tokens)
             writer.write(tokens)
+            if split == "train":
+                longest = _longest_docs(longest, tokens, n_docs, doc_counts, split_tokens["train"])
             doc_counts[split] += n_docs
+            split_tokens[split] += tokens.size
             total_tokens += tokens.size
             bar.update(n_docs)
             bar.set_postfix(tokens=f"{total_tokens:,}", refresh=False)
     if writer is not None:
         shards[writer.split] = writer.close()
-    return doc_counts, shards
+    return doc_counts, shards, longest
+
+
+def _longest_docs(longest: list[dict], tokens: np.ndarray, n_docs: int, doc_counts: dict[str, int],
+                  train_offset: int) -> list[dict]:
+    """Merges one train batch's documents (each starts with BOS) into the running top LONGEST_DOCS_KEPT."""
+    starts = np.flatnonzero(tokens == BOS_ID)
+    if starts.size != n_docs or (n_docs and starts[0] != 0):
+        raise BuildError(f"internal: a batch of {n_docs} documents has {starts.size} BOS tokens")
+    lengths = np.diff(np.append(starts, tokens.size))
+    for i in np.argsort(-lengths, kind="stable")[:LONGEST_DOCS_KEPT]:
+        longest.append({"doc_index": doc_counts["val"] + doc_counts["train"] + int(i), "tokens": int(lengths[i]),
+                        "train_token_offset": train_offset + int(starts[i])})
+    return sorted(longest, key=lambda d: (-d["tokens"], d["doc_index"]))[:LONGEST_DOCS_KEPT]
 
 
 def _check_build_settings(val_docs: int, shard_tokens: int, workers: int) -> None:
@@ -510,6 +537,17 @@ def _remove_previous_outputs(output_dir: Path, prefix: str) -> None:
 
 
 def _report(meta: dict, val_docs_requested: int) -> None:
+    for doc in meta["longest_train_docs"]:
+        share = doc["tokens"] / max(meta["train_tokens"], 1)
+        if share >= LONG_DOC_WARN_SHARE:
+            print(
+                f"build_shards: warning: document {doc['doc_index']} (0-based, non-empty documents) holds "
+                f"{doc['tokens']:,} tokens, {share:.1%} of the train split, at train tokens "
+                f"{doc['train_token_offset']:,}..{doc['train_token_offset'] + doc['tokens']:,}: training reads it as "
+                f"~{doc['tokens'] / REFERENCE_BATCH_TOKENS:,.1f} consecutive steps of {REFERENCE_BATCH_TOKENS:,} tokens, "
+                f"and validation loss drifts while it does",
+                file=sys.stderr,
+            )
     if meta["empty_docs_skipped"]:
         print(f"build_shards: skipped {meta['empty_docs_skipped']} empty documents", file=sys.stderr)
     if meta["val_docs"] < val_docs_requested:

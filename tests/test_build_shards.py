@@ -275,6 +275,27 @@ def test_meta_records_the_build(built, tmp_path):
         build_shards.build_shards(["a"], built["tokenizer"], tmp_path, progress=False, extra_meta={"val_docs": 1})
 
 
+def test_longest_train_documents_match_a_brute_force_count(built):
+    stream = split_stream(built["meta"], built["out"], "train")
+    starts = np.flatnonzero(stream == build_shards.BOS_ID)
+    lengths = np.diff(np.append(starts, stream.size))
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:build_shards.LONGEST_DOCS_KEPT]
+    expected = [{"doc_index": NUM_VAL + i, "tokens": int(lengths[i]), "train_token_offset": int(starts[i])}
+                for i in order]
+    assert built["meta"]["longest_train_docs"] == expected
+    assert expected[0]["doc_index"] == NUM_VAL + 7  # the one long document of the corpus
+
+
+def test_a_document_holding_much_of_the_train_split_is_warned_about(built, tmp_path, capsys):
+    docs = ["val doc", *(f"short doc {i}" for i in range(150)), " ".join(["green"] * 400)]
+    meta = build_shards.build_shards(docs, built["tokenizer"], tmp_path, val_docs=1, workers=1, progress=False)
+    long_doc = meta["longest_train_docs"][0]
+    assert long_doc["doc_index"] == 151 and long_doc["tokens"] / meta["train_tokens"] > 0.1
+    err = capsys.readouterr().err
+    assert f"document 151 (0-based, non-empty documents) holds {long_doc['tokens']:,} tokens" in err
+    assert err.count("warning: document") == 1  # the short documents are each well under 1%
+
+
 def test_a_rebuild_removes_the_previous_shards(built, tmp_path):
     for stale in ("fineweb_train_000099.bin", "fineweb_val_000000.bin.tmp"):
         (tmp_path / stale).write_bytes(b"old")

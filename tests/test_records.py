@@ -82,6 +82,10 @@ def make_run(workdir: Path, script: Path, seed: int, pre_bpb: float, *,
         "final_line": final_line, "bytes_code": bytes_code,
         "bytes_model": bytes_model if quantized else 0, "bytes_total": bytes_total,
         "eval_time_s": 41.5,
+        "evals": {"plain": {"val_loss": pre_loss, "val_bpb": pre_bpb, "eval_time": 3.5},
+                  "sliding": {"val_loss": pre_loss - 0.01, "val_bpb": pre_bpb - 0.01 * BPB_PER_NAT,
+                              "eval_time": 38.0}},
+        "export_times": {"gptq": 7.25, "compress": 50.5, "roundtrip_eval": 3.0} if quantized else {},
         "log_path": f"logs/{run_id}.txt",
         "artifact_path": f"logs/{run_id}.int6.ptz" if quantized else None,
         "artifact_sha256": "ab" * 32 if quantized else None,
@@ -144,6 +148,9 @@ def test_write_creates_a_valid_record(record: Path, script: Path, capsys):
     assert "torchrun --nproc_per_node=1 train_gpt.py" in readme
     assert "| 42 | 3,600 |" in readme and "**mean**" in readme and "**std**" in readme
     assert "| 1.12340000 | 1.13440000 | 0.01100000 |" in readme  # pre, post, gap
+    sliding_bpb = 1.1241 - 0.01 * BPB_PER_NAT
+    assert f"| 42 | sliding | {1.1241 / BPB_PER_NAT - 0.01:.8f} | {sliding_bpb:.8f} | 38.0 | 60.8 (7.2 + 50.5 + 3.0) |" in readme
+    assert readme.count("| plain |") == 3 and readme.count("| sliding |") == 3
 
     code, out, _ = cli(capsys, "validate", record)
     assert code == 0 and out.strip() == f"ok {record}"
