@@ -10,7 +10,10 @@ whitespace-only documents are skipped (and counted in meta.json). The tokenizer 
 the documents that follow the validation ones.
 Every document becomes [BOS=1] + tokens (no EOS); each split's token stream is cut into
 consecutive shards of at most --shard-tokens tokens. Output is byte-identical for the same
-input whatever --workers is.
+input whatever --workers is. Training reads the train split in order: --shuffle-seed S rewrites
+it with the documents in a seeded random order, and --piece-tokens N first cuts documents longer
+than N tokens into BOS-led pieces, so that no one document is a long unbroken run of steps
+(meta.json lists the longest documents; the build warns about any holding 1% of the split).
 
     python data/build_shards.py --input docs.jsonl.xz more.txt \\
         --output-dir data/datasets/mydata_sp8192 --tokenizer-out data/tokenizers/mydata_8192_bpe.model
@@ -28,6 +31,7 @@ import json
 import lzma
 import multiprocessing
 import os
+import shutil
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -65,7 +69,8 @@ BATCHES_PER_WORKER = 2
 SPLITS = ("val", "train")
 META_KEYS = {
     "tokenizer_path", "tokenizer_sha256", "vocab_size", "bos_id", "prefix", "shard_tokens", "val_docs",
-    "train_docs", "empty_docs_skipped", "val_tokens", "train_tokens", "longest_train_docs", "shards",
+    "train_docs", "empty_docs_skipped", "val_tokens", "train_tokens", "longest_train_docs", "train_order",
+    "shards",
 }
 # The loaders read shards in order, so one long document is one unbroken run of training batches; the
 # builder lists the longest few and warns about any holding at least this share of the train tokens.
@@ -430,15 +435,23 @@ def build_shards(
     workers: int | None = None,
     extra_meta: dict | None = None,
     progress: bool = True,
+    shuffle_seed: int | None = None,
+    piece_tokens: int = 0,
 ) -> dict:
     """Tokenizes `docs` into `{output_dir}/{prefix}_{val,train}_NNNNNN.bin` and writes meta.json.
 
     The first `val_docs` non-empty documents go to validation. Empty or whitespace-only documents
     are skipped and counted. Previous shards with this prefix in `output_dir` are removed first.
     `extra_meta` is merged into the returned (and written) meta dict at top level.
+    With `shuffle_seed`, the train split is rewritten with its documents in a seeded random order,
+    each first cut into pieces of at most `piece_tokens` tokens after its BOS when `piece_tokens` > 0
+    (every piece starts with BOS, so a piece is a document to the trainer). Validation stays as read.
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     _check_build_settings(val_docs, shard_tokens, workers)
+    if piece_tokens < 0 or (piece_tokens and shuffle_seed is None):
+        raise BuildError(f"piece_tokens must be >= 0 and needs a shuffle seed, got {piece_tokens} "
+                         f"with shuffle_seed {shuffle_seed}")
     clashes = sorted(set(extra_meta or {}) & META_KEYS)
     if clashes:
         raise BuildError(f"extra_meta may not override {clashes}")
@@ -451,6 +464,10 @@ def build_shards(
     non_empty = NonEmpty(docs)
     encoded = _encode_in_order(_batches(non_empty, val_docs), sp, tokenizer_path, workers)
     doc_counts, shards, longest = _write_splits(encoded, output_dir, prefix, shard_tokens, progress)
+    train_order = {"shuffle_seed": shuffle_seed, "piece_tokens": piece_tokens, "pieces": doc_counts["train"]}
+    if shuffle_seed is not None:
+        shards["train"], train_order["pieces"] = reorder_train_split(output_dir, prefix, shards["train"], shard_tokens,
+                                                                     shuffle_seed, piece_tokens)
     meta = {
         "tokenizer_path": str(tokenizer_path),
         "tokenizer_sha256": file_sha256(tokenizer_path),
@@ -464,6 +481,7 @@ def build_shards(
         "val_tokens": sum(s["tokens"] for s in shards["val"]),
         "train_tokens": sum(s["tokens"] for s in shards["train"]),
         "longest_train_docs": longest,
+        "train_order": train_order,
         "shards": shards,
     }
     assert set(meta) == META_KEYS
@@ -518,6 +536,56 @@ def _longest_docs(longest: list[dict], tokens: np.ndarray, n_docs: int, doc_coun
     return sorted(longest, key=lambda d: (-d["tokens"], d["doc_index"]))[:LONGEST_DOCS_KEPT]
 
 
+def reorder_train_split(output_dir: Path, prefix: str, shards: list[dict], shard_tokens: int, seed: int,
+                        piece_tokens: int) -> tuple[list[dict], int]:
+    """Rewrites the train shards with their documents (or pieces of them) in a seeded random order.
+
+    The loaders read shards front to back, so without this a long document is one unbroken run of
+    training steps. Memory holds two offsets per piece; tokens are copied from memory-mapped shards
+    into new ones written beside them, which replace the old ones only once all are written.
+    Returns the new shard list and the number of pieces.
+    """
+    sources = [np.memmap(output_dir / s["file"], dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES) for s in shards]
+    bounds = np.cumsum([0] + [m.size for m in sources])
+    starts = np.concatenate([np.flatnonzero(np.asarray(m) == BOS_ID) + bounds[i] for i, m in enumerate(sources)]
+                            + [np.zeros(0, np.int64)]).astype(np.int64)
+    ends = np.append(starts[1:], bounds[-1]).astype(np.int64)
+    if piece_tokens:
+        # Document [BOS, t0, t1, ...]: the first piece keeps the BOS and piece_tokens tokens; each later
+        # piece is piece_tokens more tokens, given a BOS of its own when written.
+        n_pieces = np.maximum(1, -(-(ends - starts - 1) // piece_tokens))
+        first = np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+        k = np.arange(first.size) - first  # piece number inside its document
+        doc_start = np.repeat(starts, n_pieces)
+        begin = np.where(k == 0, doc_start, doc_start + 1 + k * piece_tokens)
+        end = np.minimum(doc_start + 1 + (k + 1) * piece_tokens, np.repeat(ends, n_pieces))
+    else:
+        begin, end, k = starts, ends, np.zeros(starts.size, np.int64)
+    order = np.random.default_rng(seed).permutation(begin.size)
+    staging = output_dir / f".{prefix}_train_reorder"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    writer = ShardWriter(staging, prefix, "train", shard_tokens)
+    bos = np.array([BOS_ID], dtype="<u2")
+    for i in order:
+        if k[i]:
+            writer.write(bos)
+        b, e = int(begin[i]), int(end[i])
+        while b < e:  # a piece may span two source shards
+            s = int(np.searchsorted(bounds, b, side="right")) - 1
+            stop = min(e, int(bounds[s + 1]))
+            writer.write(np.asarray(sources[s][b - bounds[s]:stop - bounds[s]]))
+            b = stop
+    new_shards = writer.close()
+    del sources
+    for old in shards:
+        (output_dir / old["file"]).unlink()
+    for new in new_shards:
+        os.replace(staging / new["file"], output_dir / new["file"])
+    staging.rmdir()
+    return new_shards, int(begin.size)
+
+
 def _check_build_settings(val_docs: int, shard_tokens: int, workers: int) -> None:
     if val_docs < 0:
         raise BuildError(f"val_docs must be >= 0, got {val_docs}")
@@ -537,15 +605,22 @@ def _remove_previous_outputs(output_dir: Path, prefix: str) -> None:
 
 
 def _report(meta: dict, val_docs_requested: int) -> None:
+    order = meta["train_order"]
     for doc in meta["longest_train_docs"]:
         share = doc["tokens"] / max(meta["train_tokens"], 1)
-        if share >= LONG_DOC_WARN_SHARE:
+        if share >= LONG_DOC_WARN_SHARE and order["shuffle_seed"] is not None:
+            run = min(doc["tokens"], order["piece_tokens"] + 1) if order["piece_tokens"] else doc["tokens"]
+            if run / max(meta["train_tokens"], 1) >= LONG_DOC_WARN_SHARE:
+                print(f"build_shards: warning: document {doc['doc_index']} holds {share:.1%} of the train split; "
+                      f"shuffled whole, it is still {run:,} consecutive tokens (cut it with --piece-tokens)",
+                      file=sys.stderr)
+        elif share >= LONG_DOC_WARN_SHARE:
             print(
                 f"build_shards: warning: document {doc['doc_index']} (0-based, non-empty documents) holds "
                 f"{doc['tokens']:,} tokens, {share:.1%} of the train split, at train tokens "
                 f"{doc['train_token_offset']:,}..{doc['train_token_offset'] + doc['tokens']:,}: training reads it as "
                 f"~{doc['tokens'] / REFERENCE_BATCH_TOKENS:,.1f} consecutive steps of {REFERENCE_BATCH_TOKENS:,} tokens, "
-                f"and validation loss drifts while it does",
+                f"and validation loss drifts while it does (--shuffle-seed with --piece-tokens spreads it out)",
                 file=sys.stderr,
             )
     if meta["empty_docs_skipped"]:
@@ -588,6 +663,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
     parser.add_argument("--prefix", default="fineweb", help="shard file prefix")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shuffle-seed", type=int, default=None,
+                        help="rewrite the train split with its documents in this seed's random order (default: input order)")
+    parser.add_argument("--piece-tokens", type=int, default=0,
+                        help="with --shuffle-seed: first cut train documents into pieces of at most this many tokens, "
+                             "each starting with BOS (0: keep documents whole)")
     return parser.parse_args(argv)
 
 
@@ -614,6 +694,8 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             extra_meta=extra_meta,
             progress=not args.no_progress,
+            shuffle_seed=args.shuffle_seed,
+            piece_tokens=args.piece_tokens,
         )
     except BuildError as e:
         sys.exit(f"error: {e}")

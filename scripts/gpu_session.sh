@@ -8,14 +8,22 @@
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
 #   equiv            (nvidia-h200-x2) 50 steps of the 8-GPU recipe on 2 GPUs vs 1 GPU with 8x accumulation
 # carry: .gpu (../shared/device + brotli wheel), .corpus (debian_docs.jsonl.xz), data/tokenizers
+# DATA: corpus_sp8192_shuffled (default: train documents cut into 8,192-token pieces, shuffled) or corpus_sp8192
+# (input order; the 2026-11-22 records and sweep used it, see README "Data" on why the shuffled build is the default).
 set -uo pipefail
 source .gpu/device/setup.sh || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-120}
+DATA=${DATA:-corpus_sp8192_shuffled}
+case $DATA in
+  corpus_sp8192) dataset=debian_docs_sp8192 order="" ;;
+  corpus_sp8192_shuffled) dataset=debian_docs_sp8192_shuffled order="--shuffle-seed 1 --piece-tokens 8192" ;;
+  *) echo "DATA=$DATA: expected corpus_sp8192 or corpus_sp8192_shuffled" >&2; exit 2 ;;
+esac
 shards() {
-  [ -f data/datasets/debian_docs_sp8192/meta.json ] || python3 data/build_shards.py --input .corpus/debian_docs.jsonl.xz \
-    --output-dir data/datasets/debian_docs_sp8192 --tokenizer data/tokenizers/debian_docs_8192_bpe.model \
-    --val-docs 1000 --workers 12 --no-progress > $OUT/build.log 2>&1
+  [ -f data/datasets/$dataset/meta.json ] || python3 data/build_shards.py --input .corpus/debian_docs.jsonl.xz \
+    --output-dir data/datasets/$dataset --tokenizer data/tokenizers/debian_docs_8192_bpe.model \
+    --val-docs 1000 --workers 12 --no-progress $order > $OUT/build.log 2>&1
 }
 shards &
 build=$!
@@ -28,13 +36,13 @@ for step in "$@"; do
            python3 bench.py --presets attention --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_attention.json \
              2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     record:*) wait $build; m=${step#record:}
-      torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=corpus_sp8192 budget=1gpu_2min \
+      torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \
         "export.compressors=[${COMPRESSORS:-lzma}]" run.log_dir=/tmp/runs run.run_id=${m}_${SECONDS_PER_RUN}s 2>&1 \
         | grep -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
       cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null ;;
     sweep) wait $build
-      python3 sweep.py -m experiment=gdn_vs_attention data=corpus_sp8192 train.seed=1,2 "export.compressors=[lzma]" \
+      python3 sweep.py -m experiment=gdn_vs_attention data=$DATA train.seed=1,2 "export.compressors=[lzma]" \
         launch.sweep_dir=/tmp/sweep 2>&1 | grep -E "sweep_job|Error|error"
       python3 report.py /tmp/sweep && tar -czf $OUT/sweep_report.tgz -C /tmp/sweep report.md report.csv groups.csv \
         $(cd /tmp/sweep && ls *.png) $(cd /tmp/sweep && ls */*.txt */*.results.json 2>/dev/null) ;;
@@ -43,7 +51,7 @@ for step in "$@"; do
             --linear-head-dim 128 --vocab 248320 --context 4096 --decision 256 --gdn-decay-init mamba \
             --out $OUT/qwen_tiers.json 2>&1 | tail -n 40 ;;
     equiv) wait $build
-      common="model=gdn_hybrid data=corpus_sp8192 budget=8xh100_steps train.max_steps=50 train.log_every=1 export=none"
+      common="model=gdn_hybrid data=$DATA budget=8xh100_steps train.max_steps=50 train.log_every=1 export=none"
       torchrun --standalone --nproc_per_node=1 train_gpt.py $common run.log_dir=/tmp/runs run.run_id=equiv_1gpu \
         train.micro_batch_seqs=48 > /dev/null 2>&1
       torchrun --standalone --nproc_per_node=2 train_gpt.py $common run.log_dir=/tmp/runs run.run_id=equiv_2gpu \

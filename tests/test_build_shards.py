@@ -296,6 +296,72 @@ def test_a_document_holding_much_of_the_train_split_is_warned_about(built, tmp_p
     assert err.count("warning: document") == 1  # the short documents are each well under 1%
 
 
+def split_documents(stream: np.ndarray) -> list[tuple[int, ...]]:
+    starts = np.flatnonzero(stream == build_shards.BOS_ID)
+    return [tuple(doc.tolist()) for doc in np.split(stream, starts)[1:]]
+
+
+def expected_pieces(docs: list[tuple[int, ...]], piece_tokens: int) -> list[tuple[int, ...]]:
+    """Brute force: BOS + the first piece_tokens tokens, then BOS + each following piece_tokens tokens."""
+    bos = build_shards.BOS_ID
+    out = []
+    for doc in docs:
+        body = doc[1:]
+        out += [(bos, *body[i:i + piece_tokens]) for i in range(0, max(len(body), 1), piece_tokens)]
+    return out
+
+
+def build_ordered(built, out: Path, **kwargs) -> dict:
+    docs = [json.loads(line)["text"] for line in built["source"].read_text(encoding="utf-8").splitlines()]
+    return build_shards.build_shards(docs, built["tokenizer"], out, val_docs=NUM_VAL, shard_tokens=997, workers=1,
+                                     progress=False, **kwargs)
+
+
+def test_shuffled_train_split_is_a_seeded_permutation_of_the_documents(built, tmp_path):
+    plain = split_documents(split_stream(built["meta"], built["out"], "train"))
+    meta = build_ordered(built, tmp_path / "a", shuffle_seed=7)
+    shuffled = split_documents(split_stream(meta, tmp_path / "a", "train"))
+    assert sorted(shuffled) == sorted(plain) and shuffled != plain
+    assert meta["train_order"] == {"shuffle_seed": 7, "piece_tokens": 0, "pieces": len(plain)}
+    assert meta["train_tokens"] == built["meta"]["train_tokens"]
+    assert all(s["tokens"] == 997 for s in meta["shards"]["train"][:-1])
+    for shard in meta["shards"]["val"]:  # validation stays as read
+        assert (tmp_path / "a" / shard["file"]).read_bytes() == (built["out"] / shard["file"]).read_bytes()
+    again = build_ordered(built, tmp_path / "b", shuffle_seed=7)
+    other = build_ordered(built, tmp_path / "c", shuffle_seed=8)
+    files = [s["file"] for s in meta["shards"]["train"]]
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert split_documents(split_stream(other, tmp_path / "c", "train")) != shuffled
+    assert not list((tmp_path / "a").glob(".*")) and not list((tmp_path / "a").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("piece_tokens", [1, 40, 997])
+def test_long_documents_are_cut_into_bos_led_pieces(built, tmp_path, piece_tokens):
+    plain = split_documents(split_stream(built["meta"], built["out"], "train"))
+    meta = build_ordered(built, tmp_path, shuffle_seed=3, piece_tokens=piece_tokens)
+    pieces = split_documents(split_stream(meta, tmp_path, "train"))
+    want = expected_pieces(plain, piece_tokens)
+    assert sorted(pieces) == sorted(want) and meta["train_order"]["pieces"] == len(want)
+    assert max(len(p) for p in pieces) <= piece_tokens + 1
+    assert meta["train_tokens"] == sum(len(p) for p in want)
+
+
+def test_pieces_need_a_shuffle_and_a_sane_size(built, tmp_path):
+    with pytest.raises(BuildError, match="piece_tokens"):
+        build_ordered(built, tmp_path, piece_tokens=100)
+    with pytest.raises(BuildError, match="piece_tokens"):
+        build_ordered(built, tmp_path, shuffle_seed=1, piece_tokens=-1)
+
+
+def test_the_long_document_warning_follows_the_train_order(built, tmp_path, capsys):
+    docs = ["val doc", *(f"short doc {i}" for i in range(150)), " ".join(["green"] * 400)]
+    kwargs = dict(val_docs=1, workers=1, progress=False)
+    build_shards.build_shards(docs, built["tokenizer"], tmp_path / "a", shuffle_seed=1, **kwargs)
+    assert "shuffled whole, it is still" in capsys.readouterr().err
+    build_shards.build_shards(docs, built["tokenizer"], tmp_path / "b", shuffle_seed=1, piece_tokens=8, **kwargs)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_rebuild_removes_the_previous_shards(built, tmp_path):
     for stale in ("fineweb_train_000099.bin", "fineweb_val_000000.bin.tmp"):
         (tmp_path / stale).write_bytes(b"old")
