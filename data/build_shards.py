@@ -499,11 +499,10 @@ def _write_splits(
     Returns docs and shards per split, and the longest train documents (most tokens first).
     """
     doc_counts = dict.fromkeys(SPLITS, 0)
-    split_tokens = dict.fromkeys(SPLITS, 0)
     longest: list[dict] = []
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
     writer: ShardWriter | None = None
-    total_tokens = 0
+    total_tokens = train_tokens = 0
     with tqdm(desc="tokenizing", unit="doc", disable=not progress, file=sys.stderr) as bar:
         for split, n_docs, tokens in encoded:
             if writer is None or writer.split != split:
@@ -512,9 +511,9 @@ def _write_splits(
                 writer = ShardWriter(output_dir, prefix, split, shard_tokens)
             writer.write(tokens)
             if split == "train":
-                longest = _longest_docs(longest, tokens, n_docs, doc_counts, split_tokens["train"])
+                longest = _longest_docs(longest, tokens, n_docs, doc_counts, train_tokens)
+                train_tokens += tokens.size
             doc_counts[split] += n_docs
-            split_tokens[split] += tokens.size
             total_tokens += tokens.size
             bar.update(n_docs)
             bar.set_postfix(tokens=f"{total_tokens:,}", refresh=False)
@@ -608,13 +607,14 @@ def _report(meta: dict, val_docs_requested: int) -> None:
     order = meta["train_order"]
     for doc in meta["longest_train_docs"]:
         share = doc["tokens"] / max(meta["train_tokens"], 1)
-        if share >= LONG_DOC_WARN_SHARE and order["shuffle_seed"] is not None:
-            run = min(doc["tokens"], order["piece_tokens"] + 1) if order["piece_tokens"] else doc["tokens"]
-            if run / max(meta["train_tokens"], 1) >= LONG_DOC_WARN_SHARE:
-                print(f"build_shards: warning: document {doc['doc_index']} holds {share:.1%} of the train split; "
-                      f"shuffled whole, it is still {run:,} consecutive tokens (cut it with --piece-tokens)",
-                      file=sys.stderr)
-        elif share >= LONG_DOC_WARN_SHARE:
+        # Cut into pieces, a document is at most piece_tokens + 1 consecutive tokens wherever it lands.
+        run = min(doc["tokens"], order["piece_tokens"] + 1) if order["piece_tokens"] else doc["tokens"]
+        if run / max(meta["train_tokens"], 1) < LONG_DOC_WARN_SHARE:
+            continue
+        if order["shuffle_seed"] is not None:
+            print(f"build_shards: warning: document {doc['doc_index']} holds {share:.1%} of the train split; "
+                  f"shuffled whole, it is still {run:,} consecutive tokens (cut it with --piece-tokens)", file=sys.stderr)
+        else:
             print(
                 f"build_shards: warning: document {doc['doc_index']} (0-based, non-empty documents) holds "
                 f"{doc['tokens']:,} tokens, {share:.1%} of the train split, at train tokens "
