@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import types
@@ -124,26 +125,29 @@ def fla_op_recurrence(self, qkv, a, b, conv_state, S0, want_state):
 
 
 @torch.compiler.disable
-def _fla_chunk_autograd(q, k, v, a, b, A_log, dt_bias, S0, want_state, chunk_size):
+def _fla_conv_chunk(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, S0, want_state, dims, chunk_size):
+    from fla.modules.convolution import causal_conv1d
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    return chunk_gated_delta_rule(q, k, v, a, b, scale=q.shape[-1] ** -0.5, initial_state=S0,
-                                  output_final_state=want_state, use_qk_l2norm_in_kernel=True,
-                                  use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True, A_log=A_log,
-                                  dt_bias=dt_bias, chunk_size=chunk_size)
-
-
-def fla_torchconv_recurrence(self, qkv, a, b, conv_state, S0, want_state):
-    """The variant gdn_recurrence=fla_torchconv: the short conv as shifted multiply-adds inside the compiled
-    region (no FLA conv backward kernel), then FLA's chunk autograd Function (in-kernel L2 norm and gates)."""
-    (B, T), H, K, Vh = qkv.shape[:2], self.H, self.K, self.Vh
-    qkv, conv_state = tg.causal_conv(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), conv_state)
+    (B, T), (H, K, Vh) = qkv.shape[:2], dims
+    qkv, conv_state = causal_conv1d(qkv, conv_weight.to(qkv.dtype), activation="silu", initial_state=conv_state,
+                                    output_final_state=want_state)
     q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
-    o, S = _fla_chunk_autograd(q.reshape(B, T, H, K), k.reshape(B, T, H, K), v.reshape(B, T, H, Vh), a, b,
-                               self.A_log, self.dt_bias, S0, want_state, self.chunk_size)
+    o, S = chunk_gated_delta_rule(q.reshape(B, T, H, K), k.reshape(B, T, H, K), v.reshape(B, T, H, Vh), a, b,
+                                  scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
+                                  use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+                                  use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, chunk_size=chunk_size)
     return o, conv_state, S
 
 
-RECURRENCE_VARIANTS = {"fla_op": fla_op_recurrence, "fla_torchconv": fla_torchconv_recurrence}
+def fla_conv_recurrence(self, qkv, a, b, conv_state, S0, want_state):
+    """The variant gdn_recurrence=fla_conv (train_gpt's path before the fused short-conv kernel): FLA's
+    causal_conv1d + SiLU, a split of q|k|v that FLA's kernels copy to contiguous tensors, and the L2 norm of q and
+    k in FLA's chunk Function."""
+    return _fla_conv_chunk(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), a, b, self.A_log, self.dt_bias,
+                           conv_state, S0, want_state, (self.H, self.K, self.Vh), self.chunk_size)
+
+
+RECURRENCE_VARIANTS = {"fla_op": fla_op_recurrence, "fla_conv": fla_conv_recurrence}
 
 
 def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
@@ -155,17 +159,46 @@ def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
                 gdn=3.0 * gdn_head * m.gdn_heads * m.layout.count("G"))
 
 
-def write_profile(trainer: tg.Trainer, path: str) -> None:
-    """torch.profiler over two steps: the top kernels by device time, as a table."""
+KERNEL_CATEGORIES = [  # first match wins; a kernel name is lower-cased before matching
+    ("gemm", ("gemm", "nvjet", "cutlass", "cublas", "sm90_xmma")),
+    ("softmax attention", ("flash", "fmha", "cudnn", "attention")),
+    ("fla short conv", ("causal_conv1d",)),
+    ("fused short conv (harness)", ("short_conv",)),
+    ("fla chunk delta rule", ("chunk", "wy", "recompute_w_u", "solve_tril", "kkt", "l2norm", "gdn_gate", "cumsum",
+                              "beta_sigmoid")),
+    ("inductor fused elementwise/reductions", ("triton_",)),
+    ("copies and casts", ("copy", "cat", "elementwise_kernel", "fill", "vectorized")),
+]
+
+
+def kernel_category(name: str) -> str:
+    lower = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lower for k in keys)), "other")
+
+
+def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
+    """torch.profiler over a few steps: device time per step by kernel category, then the top kernels by device
+    time. The category sum against the step's wall time says whether the step is GPU-bound."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        for _ in range(2):
+        for _ in range(steps):
             trainer.train_step(1.0, 0.95, False)
         tg.synchronize(trainer.d)
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    by_category: dict[str, float] = {}
+    for e in kernels:
+        cat = kernel_category(e.key)
+        by_category[cat] = by_category.get(cat, 0.0) + e.self_device_time_total / 1000 / steps
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        f.write(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
+        f.write(f"device time per step by kernel category (ms), {steps} profiled steps:\n")
+        for cat, ms in sorted(by_category.items(), key=lambda kv: -kv[1]):
+            f.write(f"  {cat:40s} {ms:8.2f}\n")
+        f.write(f"  {'total':40s} {sum(by_category.values()):8.2f}\n\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
 
 
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
@@ -220,11 +253,15 @@ def main() -> None:
     parser.add_argument("--profile-dir", default="", help="write a torch.profiler table per case here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 2 steps (for CI)")
     parser.add_argument("--variants", nargs="+", default=[""],
-                        help="override sets compared side by side; gdn_recurrence=fla_op|fla_torchconv swaps in an experimental "
+                        help="override sets compared side by side; gdn_recurrence=fla_op|fla_conv swaps in an experimental "
                              "GDN path (see RECURRENCE_VARIANTS), e.g. --variants '' gdn_recurrence=fla_op")
+    parser.add_argument("--short-conv-dx", default="", metavar="ROWS,TILES,WARPS",
+                        help="dx/dw kernel tile setting of train_gpt.ShortConvQKV (tuning; see scripts/short_conv_bench.py)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
+    if args.short_conv_dx:
+        tg.ShortConvQKV.DX_ROWS, tg.ShortConvQKV.DX_TILES, tg.ShortConvQKV.DX_WARPS = map(int, args.short_conv_dx.split(","))
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

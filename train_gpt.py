@@ -10,7 +10,7 @@ The GDN recurrence runs on FLA's Triton kernels on CUDA and on a plain-torch chu
 """
 from __future__ import annotations
 
-import copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, subprocess, sys, time, uuid
+import contextlib, copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, subprocess, sys, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+triton = importlib.import_module("triton") if importlib.util.find_spec("triton") else None  # CUDA torch ships it
+tl = triton.language if triton else None
 
 # ----------------------------------------------------------------------------------------------------
 # HYPERPARAMETERS: one validated dataclass tree; a misspelled key is an error that lists the valid keys.
@@ -43,7 +46,6 @@ class ModelConfig:
     kernel: str = "auto"                # auto | fla | torch   (auto: fla on CUDA, torch elsewhere)
     chunk_size: int = 64
 
-
 @dataclass
 class DataConfig:
     name: str = "synthetic_sp8192"
@@ -51,7 +53,6 @@ class DataConfig:
     val_files: str = "data/datasets/synthetic_sp8192/synthetic_val_*.bin"
     tokenizer_path: str = "data/tokenizers/synthetic_8192_bpe.model"
     meta_path: str = ""                 # meta.json of the build; default: beside the train shards, if present
-
 
 @dataclass
 class TrainConfig:
@@ -84,7 +85,6 @@ class TrainConfig:
     val_every: int = 0                  # 0: validate only at the end
     grad_split_every: int = 0           # 0: off
 
-
 @dataclass
 class EvalConfig:
     seq_len: int = 0                    # 0: train.seq_len
@@ -92,7 +92,6 @@ class EvalConfig:
     modes: list = field(default_factory=lambda: ["plain"])  # plain | sliding | stateful
     stride: int = 64                    # sliding: each scored token sees seq_len - stride tokens of context
     kv_window: int = 0                  # stateful: attention keeps this many past tokens (0: eval seq_len)
-
 
 @dataclass
 class ExportConfig:
@@ -110,7 +109,6 @@ class ExportConfig:
     calib_seq_len: int = 0              # 0: train.seq_len
     compressors: list = field(default_factory=lambda: ["brotli", "lzma", "zstd"])
 
-
 @dataclass
 class RunConfig:
     run_id: str = ""                    # empty: generated on rank 0 and shared with all ranks
@@ -118,7 +116,6 @@ class RunConfig:
     wandb_mode: str = "disabled"        # disabled | offline | online
     wandb_project: str = "gdn-hybrid"
     wandb_group: str = ""
-
 
 @dataclass
 class Config:
@@ -129,12 +126,10 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-
 COMPRESSORS = {"brotli": "brotli", "lzma": "lzma", "zstd": "zstandard"}  # name -> module; the artifact stores its index
 CHOICES = {"model.kernel": ("auto", "fla", "torch"), "train.schedule": ("wallclock", "steps"),
            "train.compile": ("auto", "on", "off"), "export.calib_source": ("train", "self"),
            "run.wandb_mode": ("disabled", "offline", "online")}
-
 
 def config_from_dict(cls, d: dict, where: str = ""):
     """Build a dataclass from a nested dict, rejecting unknown keys and wrongly typed values."""
@@ -164,7 +159,6 @@ def config_from_dict(cls, d: dict, where: str = ""):
         kwargs[name] = value
     return cls(**kwargs)
 
-
 def validate_config(cfg: Config) -> Config:
     m, t, e = cfg.model, cfg.train, cfg.eval
     if not m.layout or set(m.layout) - {"G", "A"}:
@@ -189,7 +183,6 @@ def validate_config(cfg: Config) -> Config:
     if e.stride <= 0 or e.stride > (e.seq_len or t.seq_len):
         raise ValueError(f"config eval.stride: {e.stride} must be in 1..eval seq_len")
     return cfg
-
 
 def load_config(argv: list[str]) -> Config:
     """Compose conf/ with Hydra's compose API (or load a resolved --config file), apply overrides."""
@@ -222,7 +215,6 @@ def load_config(argv: list[str]) -> Config:
             raw = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     return validate_config(config_from_dict(Config, raw))
 
-
 def check_override_key(key: str) -> None:
     node, where = Config(), ""
     for part in key.split("."):
@@ -243,10 +235,7 @@ class Dist:
     local_rank: int
     device: torch.device
 
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
+    master = property(lambda self: self.rank == 0)
 
 def init_distributed() -> Dist:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -263,21 +252,17 @@ def init_distributed() -> Dist:
                                 device.type == "cuda" else None)
     return Dist(rank, world, local_rank, device)
 
-
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t
 
-
 def synchronize(d: Dist) -> None:
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
 
-
 def autocast(d: Dist):
     return torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
 
 class Logger:
     """key:value lines to the console and logs/<run_id>.txt (rank 0 only), flushed line by line."""
@@ -321,7 +306,6 @@ class Logger:
         if self.d.master:
             self.file.close()
 
-
 def package_versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("triton", "fla", "sentencepiece", "numpy", "hydra"):
@@ -331,15 +315,12 @@ def package_versions() -> dict:
             out[mod] = None
     return out
 
-
 def environment_report(d: Dist) -> str:
     lines = [" ".join(f"{k}:{v}" for k, v in package_versions().items()) + f" platform:{platform.platform()}"]
     if torch.cuda.is_available():
         lines += [f"gpu{i}:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-        try:
+        with contextlib.suppress(Exception):  # no nvidia-smi: the device names above still say what ran
             lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout)
-        except Exception:
-            pass
     else:
         lines.append(f"cpu:{platform.processor() or 'unknown'} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
@@ -351,7 +332,6 @@ def environment_report(d: Dist) -> str:
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_WORDS = 20240520, 1, 256
 BOS_ID = 1  # every document starts with BOS
-
 
 def read_shard_header(path: str) -> int:
     """Validate a shard's header and size; return its token count."""
@@ -370,7 +350,6 @@ def read_shard_header(path: str) -> int:
                          f"but the file has {size} bytes (truncated or corrupt)")
     return num_tokens
 
-
 def open_shards(pattern: str) -> list[np.ndarray]:
     files = sorted(glob.glob(pattern))
     if not files:
@@ -380,7 +359,6 @@ def open_shards(pattern: str) -> list[np.ndarray]:
         n = read_shard_header(f)
         shards.append(np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(n,)))
     return shards
-
 
 class TokenStream:
     """The concatenation of all shards as one virtual array, read by global position (wrapping around)."""
@@ -400,7 +378,6 @@ class TokenStream:
             n -= len(piece)
             start = (start + len(piece)) % self.total
         return np.concatenate(out).astype(np.int64)
-
 
 class TrainLoader:
     """Global batch = `global_batch_tokens` consecutive tokens cut into sequences; sequence j of a step goes to
@@ -426,10 +403,8 @@ class TrainLoader:
         self.position += self.step_tokens
         return batch
 
-
 def load_val_tokens(pattern: str, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([np.asarray(s) for s in open_shards(pattern)]).astype(np.int64)).to(device)
-
 
 def load_data_meta(cfg: DataConfig) -> dict:
     """The build's meta.json (entropy floor of synthetic data, token counts); optional unless data.meta_path is set."""
@@ -444,20 +419,144 @@ def load_data_meta(cfg: DataConfig) -> dict:
 def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 
-
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype)  # FLA's l2norm convention
 
+def conv_window(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Tensor:
+    """x [B, T, D] preceded by the W - 1 inputs before it: zeros, or from a carried state [B, D, W] that holds the
+    last W inputs (FLA's causal_conv1d layout, so states move between kernels; slot 0 is never read)."""
+    prev = x.new_zeros(x.shape[0], W - 1, x.shape[2]) if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)
+    return torch.cat([prev, x], dim=1)
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None):
-    """Depthwise causal conv + SiLU over x [B, T, D] as W shifted multiply-adds in fp32; state [B, D, W] holds the
-    last W inputs (FLA's causal_conv1d layout, so states move between kernels)."""
+    """Depthwise causal conv + SiLU over x as W shifted multiply-adds in fp32; returns it and the state after x."""
     T, W = x.shape[1], weight.shape[1]
-    prev = x.new_zeros(x.shape[0], W - 1, x.shape[2]) if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)
-    padded = torch.cat([prev, x], dim=1)
+    padded = conv_window(x, state, W)
     y = sum(padded[:, j:j + T].float() * weight[:, j].float() for j in range(W))
     return F.silu(y).to(x.dtype), padded[:, -W:].transpose(1, 2).contiguous()
 
+def short_conv_qkv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None, dims: tuple[int, int, int]):
+    """Plain-torch short conv over q|k|v, split into heads, q and k L2-normalised: the reference for the kernel."""
+    (B, T), (H, K, V) = x.shape[:2], dims
+    y, new_state = causal_conv(x, weight, state)
+    q, k, v = y.split([H * K, H * K, H * V], dim=-1)
+    return l2_normalize(q.reshape(B, T, H, K)), l2_normalize(k.reshape(B, T, H, K)), v.reshape(B, T, H, V), new_state
+
+if triton is not None:
+    # One program per (head-wide channel block, rows, sequence). Channel blocks are K wide, so a q or k block is one
+    # head and its L2 norm is a row reduction in registers; rows before 0 come from the carried conv state.
+    @triton.jit
+    def _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W: tl.constexpr, HAS_STATE: tl.constexpr):
+        m_c = (c < D)[None, :]
+        xs = tl.load(x + i_b * sxb + rows[:, None] * sxt + c[None, :], mask=((rows >= 0) & (rows < T))[:, None] & m_c,
+                     other=0.0).to(tl.float32)
+        if HAS_STATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
+            xs += tl.load(s0 + i_b * D * W + c[None, :] * W + (W + rows)[:, None],
+                          mask=((rows < 0) & (rows > -W))[:, None] & m_c, other=0.0).to(tl.float32)
+        return xs
+
+    @triton.jit
+    def short_conv_kernel(x, w, s0, q, k, v, du, T, sxb, sxt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                          W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr, BACKWARD: tl.constexpr):
+        """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients, and
+        the gradient at the conv pre-activation (recomputed from x, not saved) goes to du."""
+        i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        D, rows, c = 2 * H * K + H * V, i_t * BT + tl.arange(0, BT), i_d * K + tl.arange(0, K)
+        u = tl.zeros((BT, K), tl.float32)
+        for j in tl.static_range(W):
+            w_j = tl.load(w + c * W + j, mask=c < D, other=0.0).to(tl.float32)
+            u += _conv_input(x, s0, i_b, rows - (W - 1) + j, c, T, sxb, sxt, D, W, HAS_STATE) * w_j[None, :]
+        sig = tl.sigmoid(u)
+        y, m = u * sig, (rows < T)[:, None] & (c < D)[None, :]
+        # sequence offsets go into the base pointers (int64 scalars) so that tile offsets stay int32
+        pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
+        oq, ov = rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
+        if BACKWARD:
+            if i_d < H:
+                g = tl.load(pq + oq, mask=m, other=0.0).to(tl.float32)
+            elif i_d < 2 * H:
+                g = tl.load(pk + oq, mask=m, other=0.0).to(tl.float32)
+            else:
+                g = tl.load(pv + ov, mask=m, other=0.0).to(tl.float32)
+            if i_d < 2 * H:  # through the L2 norm: (g - n (n . g)) / |y| with n = y / |y|
+                rstd = tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
+                g = (g - y * rstd * tl.sum(y * rstd * g, 1)[:, None]) * rstd
+            tl.store(du + i_b * T * D + rows[:, None] * D + c[None, :], (g * sig * (1 + u * (1 - sig))).to(
+                du.dtype.element_ty), mask=m)
+        else:
+            if i_d < 2 * H:
+                y = y * tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
+            if i_d < H:
+                tl.store(pq + oq, y.to(q.dtype.element_ty), mask=m)
+            elif i_d < 2 * H:
+                tl.store(pk + oq, y.to(k.dtype.element_ty), mask=m)
+            else:
+                tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def short_conv_dx_kernel(du, x, w, s0, dx, dw_part, T, sxb, sxt, D, TILES: tl.constexpr, W: tl.constexpr,
+                             BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr):
+        """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m] and
+        tap W-1-m of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (one more, of carried rows < 0, for the
+        first with a state); its dw goes to dw_part, summed by the caller."""
+        i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        c, taps = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)
+        dw = tl.zeros((BD, BW), tl.float32)
+        for i_t in range(i_s * TILES - (i_s == 0).to(tl.int32) * HAS_STATE, (i_s + 1) * TILES):
+            rows = i_t * BT + tl.arange(0, BT)
+            xs, acc = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W, HAS_STATE), tl.zeros((BT, BD), tl.float32)
+            for m in tl.static_range(W):
+                g = tl.load(du + i_b * T * D + (rows + m)[:, None] * D + c[None, :],
+                            mask=((rows + m >= 0) & (rows + m < T))[:, None] & (c < D)[None, :], other=0.0).to(tl.float32)
+                acc += g * tl.load(w + c * W + (W - 1 - m), mask=c < D, other=0.0).to(tl.float32)[None, :]
+                dw += tl.sum(g * xs, 0)[:, None] * (taps == W - 1 - m)[None, :]
+            tl.store(dx + i_b * T * D + rows[:, None] * D + c[None, :], acc.to(dx.dtype.element_ty),
+                     mask=((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :])
+        part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
+        tl.store(part + c[:, None] * W + taps[None, :], dw, mask=(c < D)[:, None] & (taps < W)[None, :])
+
+class ShortConvQKV(torch.autograd.Function):
+    """The Triton short conv: causal conv + SiLU over q|k|v and the L2 norm of each q and k head in one pass, written
+    as three contiguous [B, T, heads, dim] tensors that FLA's kernels take without copies. The backward recomputes
+    the pre-activation (one pass to its gradient du, one from du to dx and dw) instead of saving it."""
+    ROWS, DX_ROWS, DX_TILES, DX_WARPS = 64, 32, 8, 2  # tiles measured on an H100: scripts/short_conv_bench.py
+
+    @staticmethod
+    def conv_pass(x, weight, state, dims, qkv, du=None):  # forward, or (given du) backward to du
+        (B, T, D), (H, K, V) = x.shape, dims
+        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConvQKV.ROWS), B)](
+            x, weight, x if state is None else state, *qkv, x if du is None else du, T, x.stride(0), x.stride(1), H=H,
+            K=K, V=V, W=weight.shape[1], BT=ShortConvQKV.ROWS, HAS_STATE=state is not None, BACKWARD=du is not None)
+
+    @staticmethod
+    def forward(ctx, x, weight, state, dims):
+        (B, T, _), (H, K, V) = x.shape, dims
+        if K & (K - 1) or K < 16 or x.stride(2) != 1:
+            raise ValueError(f"short conv kernel: head dim {K} must be a power of two >= 16, channels contiguous")
+        qkv = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
+        ShortConvQKV.conv_pass(x, weight, state, dims, qkv)
+        ctx.save_for_backward(x, weight, state)
+        ctx.dims = dims
+        return qkv
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (x, weight, state), W = ctx.saved_tensors, ctx.saved_tensors[1].shape[1]
+        (B, T, D), grads = x.shape, [g.contiguous() for g in grads]
+        du, (rows, tiles) = x.new_empty(B, T, D), (ShortConvQKV.DX_ROWS, ShortConvQKV.DX_TILES)
+        ShortConvQKV.conv_pass(x, weight, state, ctx.dims, grads, du)
+        splits = triton.cdiv(triton.cdiv(T, rows), tiles)
+        dx, dw_part = torch.empty_like(du), torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
+        short_conv_dx_kernel[(triton.cdiv(D, 64), splits, B)](
+            du, x, weight, x if state is None else state, dx, dw_part, T, x.stride(0), x.stride(1), D, TILES=tiles, W=W,
+            BW=triton.next_power_of_2(W), BT=rows, BD=64, HAS_STATE=state is not None, num_warps=ShortConvQKV.DX_WARPS)
+        dstate = None
+        if state is not None and ctx.needs_input_grad[2]:  # only the first W - 1 rows see the state: redo them in torch
+            with torch.enable_grad():
+                s = state.detach().requires_grad_()
+                head = short_conv_qkv(x[:, :W - 1].detach(), weight.detach(), s, ctx.dims)[:3]
+                dstate, = torch.autograd.grad(head, s, [g[:, :W - 1] for g in grads])
+        return dx, dw_part.sum(0).to(weight.dtype), dstate, None
 
 def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, chunk_size: int = 64):
     """Chunked gated delta rule in fp32; the same math as FLA's chunk_gated_delta_rule.
@@ -496,23 +595,17 @@ def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, c
         S = S * G[:, :, n, -1].exp()[..., None, None] + k_to_end[:, :, n].transpose(-1, -2) @ U
     return torch.stack(out, dim=2).reshape(B, HV, N * C, V)[:, :, :T].transpose(1, 2), S
 
-
-@torch.compiler.disable  # FLA's autograd Functions run eagerly: one graph break per GDN layer, compiled around
+@torch.compiler.disable  # Triton/FLA autograd Functions run eagerly: one graph break per GDN layer, compiled around
 def fla_recurrence(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, S0, want_state: bool, dims, chunk_size: int):
-    """FLA's causal_conv1d (+ SiLU) over q|k|v, then chunk_gated_delta_rule with the L2 norm of q and k, the beta
-    sigmoid and the gate g = -exp(A_log) * softplus(a + dt_bias) computed inside its kernels."""
-    from fla.modules.convolution import causal_conv1d
+    """The fused Triton short conv (-> L2-normalised q, k), then FLA's chunk_gated_delta_rule with the beta sigmoid
+    and the gate g = -exp(A_log) * softplus(a + dt_bias) computed inside its kernels."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    (B, T), (H, K, Vh) = qkv.shape[:2], dims
-    qkv, conv_state = causal_conv1d(qkv, conv_weight.to(qkv.dtype), activation="silu", initial_state=conv_state,
-                                    output_final_state=want_state)
-    q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
-    o, S = chunk_gated_delta_rule(q.reshape(B, T, H, K), k.reshape(B, T, H, K), v.reshape(B, T, H, Vh), a, b,
-                                  scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
-                                  use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+    q, k, v = ShortConvQKV.apply(qkv, conv_weight, conv_state, dims)
+    o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=dims[1] ** -0.5, initial_state=S0, output_final_state=want_state,
+                                  use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
                                   use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, chunk_size=chunk_size)
-    return o, conv_state, S
-
+    W = conv_weight.shape[1]
+    return o, (conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
 
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet mixer: q/k/v with a causal short conv + SiLU, L2-normalised q and k, beta = sigmoid(b),
@@ -526,10 +619,8 @@ class GatedDeltaNet(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(D, H * K, bias=False), nn.Linear(D, H * K, bias=False)
         self.v_proj, self.g_proj = nn.Linear(D, H * self.Vh, bias=False), nn.Linear(D, H * self.Vh, bias=False)
         self.a_proj, self.b_proj = nn.Linear(D, H, bias=False), nn.Linear(D, H, bias=False)
-        bound = cfg.conv_size ** -0.5
-        self.q_conv = nn.Parameter(torch.empty(H * K, cfg.conv_size).uniform_(-bound, bound))
-        self.k_conv = nn.Parameter(torch.empty(H * K, cfg.conv_size).uniform_(-bound, bound))
-        self.v_conv = nn.Parameter(torch.empty(H * self.Vh, cfg.conv_size).uniform_(-bound, bound))
+        conv = lambda n: nn.Parameter(torch.empty(n, cfg.conv_size).uniform_(-cfg.conv_size ** -0.5, cfg.conv_size ** -0.5))
+        self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(H * self.Vh)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
@@ -538,8 +629,7 @@ class GatedDeltaNet(nn.Module):
         nn.init.zeros_(self.o_proj.weight)
 
     def forward(self, x, state=None, want_state=False, attn_window=0):
-        B, T, _ = x.shape
-        H, K, Vh = self.H, self.K, self.Vh
+        (B, T, _), H, K, Vh = x.shape, self.H, self.K, self.Vh
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.g_proj.weight,
                             self.a_proj.weight, self.b_proj.weight])
         qkv, gate, a, b = F.linear(x, weight).split([2 * H * K + H * Vh, H * Vh, H, H], dim=-1)
@@ -551,26 +641,21 @@ class GatedDeltaNet(nn.Module):
 
     def recurrence(self, qkv, a, b, conv_state, S0, want_state: bool):
         """Short conv -> L2 norm, gates -> chunked delta rule; returns the per-head output and the new states."""
-        (B, T), H, K, Vh = qkv.shape[:2], self.H, self.K, self.Vh
-        conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv])
+        conv_weight, dims = torch.cat([self.q_conv, self.k_conv, self.v_conv]), (self.H, self.K, self.Vh)
         if self.kernel == "fla":
-            return fla_recurrence(qkv, conv_weight, a, b, self.A_log, self.dt_bias, conv_state, S0, want_state,
-                                  (H, K, Vh), self.chunk_size)
-        qkv, conv_state = causal_conv(qkv, conv_weight, conv_state)
-        q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
-        q, k, v = l2_normalize(q.reshape(B, T, H, K)), l2_normalize(k.reshape(B, T, H, K)), v.reshape(B, T, H, Vh)
+            return fla_recurrence(qkv, conv_weight, a, b, self.A_log, self.dt_bias, conv_state, S0, want_state, dims,
+                                  self.chunk_size)
+        q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, dims)
         beta = b.float().sigmoid()
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         with torch.autocast(qkv.device.type, enabled=False):
-            o, S = gated_delta_rule_torch(q.float(), k.float(), v, g, beta, K ** -0.5, S0, self.chunk_size)
+            o, S = gated_delta_rule_torch(q.float(), k.float(), v, g, beta, self.K ** -0.5, S0, self.chunk_size)
         return o, conv_state, S
-
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
-
 
 class Attention(nn.Module):
     """GQA softmax attention with RMSNorm on q and k and RoPE. A carried state is (keys before RoPE, values,
@@ -618,7 +703,6 @@ class Attention(nn.Module):
         y = self.o_proj(y.transpose(1, 2).reshape(B, T, D))
         return y, ((k_all, v_all, valid) if want_state else None)
 
-
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -628,7 +712,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.proj(F.relu(self.fc(x)).square())
-
 
 class Block(nn.Module):
     def __init__(self, kind: str, cfg: ModelConfig):
@@ -641,7 +724,6 @@ class Block(nn.Module):
         y, new_state = self.mixer(rms_norm(x), state, want_state, attn_window)
         x = x + y
         return x + self.mlp(rms_norm(x)), new_state
-
 
 class Head(nn.Module):
     """Final RMSNorm -> tied output projection -> softcap (-> cross-entropy); a module so it compiles as a region."""
@@ -656,7 +738,6 @@ class Head(nn.Module):
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-
 
 class GPT(nn.Module):
     """Tied embedding -> blocks (with U-Net skips from the first half to the second) -> softcapped logits."""
@@ -697,7 +778,6 @@ class GPT(nn.Module):
         out = self.head(x, self.embed.weight, targets, reduction)
         return (out, new_states) if want_state else out
 
-
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     """auto -> fla on CUDA, torch elsewhere; fla needs CUDA and an importable FLA."""
     if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
@@ -724,7 +804,6 @@ def param_role(name: str) -> str:
         return "matrix"
     return "scalar"  # A_log, dt_bias, gate projections a/b, conv taps, norm weights, skip weights
 
-
 def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
     """Quintic Newton-Schulz iteration mapping G (or a stack of matrices) to about U V^T of its SVD."""
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -736,7 +815,6 @@ def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
     return (X.mT if tall else X).to(G.dtype)
-
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world
@@ -770,7 +848,6 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 p.mul_(1 - group["lr"] * group["weight_decay"]).add_(updates[p], alpha=-group["lr"])
 
-
 def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.Optimizer]:
     roles = {"matrix": [], "embed": [], "scalar": []}
     for name, p in model.named_parameters():
@@ -798,7 +875,6 @@ GDN_GROUPS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "g_proj": "z", 
               "A_log": "A_log", "dt_bias": "dt_bias", "q_conv": "conv", "k_conv": "conv", "v_conv": "conv",
               "norm_weight": "norm", "o_proj": "out"}
 
-
 def grad_category(name: str, layout: str) -> tuple[str, str]:
     """(block type, sub-group) of a parameter: gdn/attn/mlp/embed/skip and, inside GDN, the GDN group."""
     parts = name.split(".")
@@ -809,7 +885,6 @@ def grad_category(name: str, layout: str) -> tuple[str, str]:
     if layout[int(parts[1])] == "A":
         return "attn", parts[3].split("_")[0]
     return "gdn", GDN_GROUPS[parts[3]]
-
 
 def split_gradient(named_grads: list[tuple[str, torch.Tensor]], categorize) -> dict:
     """Squared-norm shares of the total gradient by type, by sub-group and per block; one host sync."""
@@ -850,11 +925,9 @@ def build_byte_tables(tokenizer_path: str, vocab_size: int, device) -> tuple[tor
         base[i] = len(piece[1:].encode() if space[i] else piece.encode())
     return tuple(torch.from_numpy(a).to(device) for a in (base, space, boundary))
 
-
 def target_bytes(tables, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     base, space, boundary = tables
     return base[targets] + (space[targets] & ~boundary[inputs]).long()
-
 
 class EvalSums:
     def __init__(self, device):
@@ -868,7 +941,6 @@ class EvalSums:
         loss, tokens, nbytes = all_reduce(self.sums.clone()).tolist()
         return dict(val_loss=loss / tokens, val_bpb=loss / math.log(2) / nbytes, tokens=int(tokens),
                     bytes=int(nbytes), eval_time=time.perf_counter() - t0)
-
 
 @torch.no_grad()
 def eval_windows(model, tokens, tables, windows: list[tuple[int, int, int]], batch_seqs: int, d: Dist) -> dict:
@@ -884,11 +956,9 @@ def eval_windows(model, tokens, tables, windows: list[tuple[int, int, int]], bat
                 acc.add(model(x, y, reduction="none"), x, y, tables, torch.arange(length, device=x.device) >= first[:, None])
     return acc.result(t0)
 
-
 def plain_windows(n: int, seq_len: int) -> list[tuple[int, int, int]]:
     """Non-overlapping windows over all n targets (the last one shorter), each scored in full."""
     return [(s, min(seq_len, n - s), 0) for s in range(0, n, seq_len)]
-
 
 def sliding_windows(n: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """A window every `stride` tokens scoring only what the previous one did not reach: every scored target sees
@@ -900,7 +970,6 @@ def sliding_windows(n: int, seq_len: int, stride: int) -> list[tuple[int, int, i
         covered, start = end, start + stride
     return windows
 
-
 def reset_rows(state, keep: torch.Tensor):
     """Zero the carried state of the rows that start a new document (keep=False)."""
     out = []
@@ -910,7 +979,6 @@ def reset_rows(state, keep: torch.Tensor):
         else:  # attention: (keys, values, valid [B, P])
             out.append((s[0], s[1], s[2] & keep[:, None]))
     return out
-
 
 @torch.no_grad()
 def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int, bos_id: int, d: Dist) -> dict:
@@ -946,7 +1014,6 @@ def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int
         acc.add(losses, x, y, tables, mask)
     return acc.result(t0)
 
-
 def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) -> dict[str, dict]:
     e, seq_len, n = cfg.eval, cfg.eval.seq_len or cfg.train.seq_len, val_tokens.numel() - 1
     windows = {"plain": lambda: plain_windows(n, seq_len), "sliding": lambda: sliding_windows(n, seq_len, e.stride)}
@@ -961,13 +1028,11 @@ def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) 
 
 ARTIFACT_MAGIC, ARTIFACT_LIMIT = b"GDNQ", 16_000_000
 
-
 def quant_plan(model: GPT, cfg: ExportConfig) -> dict[str, tuple[int, float] | None]:
     """name -> (bits, clip_k) for GPTQ-quantized matrices, None for tensors kept in fp16."""
     return {name: None if p.ndim != 2 or p.numel() <= cfg.keep_float_max_numel else
             (cfg.embed_bits, cfg.embed_clip_k) if name == "embed.weight" else (cfg.matrix_bits, cfg.matrix_clip_k)
             for name, p in model.state_dict().items()}
-
 
 def hessian_sources(model: GPT) -> dict[str, tuple[nn.Module, str]]:
     """Which module input feeds each quantizable weight: (module, 'pre' = its input | 'head' = final norm)."""
@@ -979,7 +1044,6 @@ def hessian_sources(model: GPT) -> dict[str, tuple[nn.Module, str]]:
         out[f"blocks.{i}.mixer.o_proj.weight"] = (block.mixer.o_proj, "pre")
         out[f"blocks.{i}.mlp.fc.weight"], out[f"blocks.{i}.mlp.proj.weight"] = (block.mlp.fc, "pre"), (block.mlp.proj, "pre")
     return out
-
 
 @torch.no_grad()
 def collect_hessians(model: GPT, batches, names, d: Dist) -> dict[str, torch.Tensor]:
@@ -1010,12 +1074,10 @@ def collect_hessians(model: GPT, batches, names, d: Dist) -> dict[str, torch.Ten
         all_reduce(hessians[n])
     return hessians
 
-
 def sdclip_scale(W: torch.Tensor, bits: int, clip_k: float) -> torch.Tensor:
     """Per-row step size k * std(row) / maxq, rounded to the fp16 it is stored as."""
     maxq = 2 ** (bits - 1) - 1
     return (clip_k * W.float().std(dim=1) / maxq).clamp(min=1e-6).half().float()
-
 
 def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01,
                   act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1048,26 +1110,21 @@ def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_k: float, bl
         W[:, i2:] -= err @ Hinv[i1:i2, i2:]
     return Q[:, torch.argsort(perm)], scale
 
-
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned ints < 2**bits densely: `bits` bits per value, little-endian bit order."""
     unpacked = (values.astype(np.uint8)[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
     return np.packbits(unpacked.reshape(-1), bitorder="little").tobytes()
 
-
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     unpacked = np.unpackbits(np.frombuffer(data, np.uint8), count=count * bits, bitorder="little")
     return (unpacked.reshape(count, bits) << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
-
 
 def shuffle_bytes(a: np.ndarray) -> bytes:
     """fp16 arrays as all high bytes then all low bytes: similar bytes sit together and compress better."""
     return np.ascontiguousarray(a.astype("<f2").view(np.uint8).reshape(-1, 2).T).tobytes()
 
-
 def unshuffle_bytes(data: bytes, count: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(2, count).T.copy().view("<f2").reshape(-1)
-
 
 def serialize(quantized: dict, packed: bool) -> bytes:
     """quantized: name -> ('int', q int8, scale, bits) | ('fp16', tensor). Header JSON + segments."""
@@ -1087,7 +1144,6 @@ def serialize(quantized: dict, packed: bool) -> bytes:
     head = json.dumps(header).encode()
     return len(head).to_bytes(4, "little") + head + b"".join(segments)
 
-
 def deserialize(payload: bytes) -> dict[str, torch.Tensor]:
     n = int.from_bytes(payload[:4], "little")
     header, pos, state = json.loads(payload[4:4 + n]), 4 + n, {}
@@ -1104,7 +1160,6 @@ def deserialize(payload: bytes) -> dict[str, torch.Tensor]:
         pos += sum(t["sizes"])
     return state
 
-
 def compress(data: bytes, method: str) -> bytes:
     if method == "brotli":
         return __import__("brotli").compress(data, quality=11, lgwin=24)
@@ -1112,12 +1167,10 @@ def compress(data: bytes, method: str) -> bytes:
         return __import__("zstandard").ZstdCompressor(level=22).compress(data)
     return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
-
 def decompress(data: bytes, method: str) -> bytes:
     if method == "zstd":
         return __import__("zstandard").ZstdDecompressor().decompress(data)
     return (__import__("brotli") if method == "brotli" else lzma).decompress(data)
-
 
 def build_artifact(quantized: dict, compressors: list[str]) -> tuple[bytes, dict[str, int]]:
     """Try packed and byte-per-value layouts with every compressor (in parallel threads); keep the smallest."""
@@ -1130,12 +1183,10 @@ def build_artifact(quantized: dict, compressors: list[str]) -> tuple[bytes, dict
     sizes = {f"{lay}+{m}": len(b) for (lay, m), b in blobs.items()}
     return ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + blobs[(layout, method)], sizes
 
-
 def load_artifact(blob: bytes) -> dict[str, torch.Tensor]:
     if blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
         raise ValueError("not a GDNQ artifact (bad magic or compressor id)")
     return deserialize(decompress(blob[5:], list(COMPRESSORS)[blob[4]]))
-
 
 def quantize_model(model: GPT, hessians: dict, cfg: ExportConfig) -> dict:
     quantized, plan = {}, quant_plan(model, cfg)
@@ -1148,12 +1199,10 @@ def quantize_model(model: GPT, hessians: dict, cfg: ExportConfig) -> dict:
             quantized[name] = ("int", q, scale.half(), spec[0])
     return quantized
 
-
 def dequantize(quantized: dict) -> dict[str, torch.Tensor]:
     """What the artifact decodes to, computed in-process (the round trip must reproduce it exactly)."""
     return {name: (e[1].float().cpu() * e[2].float().cpu()[:, None] if e[0] == "int" else e[1].detach().half().float().cpu())
             for name, e in quantized.items()}
-
 
 def calibration_batches(stream: TokenStream, start: int, n_seqs: int, seq_len: int, batch: int, d: Dist):
     """This rank's share of n_seqs training sequences read from `start` (not yet trained on)."""
@@ -1161,7 +1210,6 @@ def calibration_batches(stream: TokenStream, start: int, n_seqs: int, seq_len: i
     for i in range(0, len(mine), batch):
         rows = [torch.from_numpy(stream.read(start + j * seq_len, seq_len)) for j in mine[i:i + batch]]
         yield torch.stack(rows).to(d.device)
-
 
 @torch.no_grad()
 def generate_tokens(model: GPT, n_seqs: int, seq_len: int, d: Dist, seed: int) -> torch.Tensor:
@@ -1184,14 +1232,11 @@ def is_log_step(step: int, every: int) -> bool:
     """Multiples of `every`, plus powers of two before it (early clock readings for the stop decision)."""
     return step % every == 0 or (step < every and step & (step - 1) == 0)
 
-
 def next_log_step(step: int, every: int) -> int:
     return next(s for s in range(step + 1, step + every + 1) if is_log_step(s, every))
 
-
 def lr_scale_at(progress: float, warmdown_frac: float) -> float:
     return 1.0 if progress < 1 - warmdown_frac else max(0.0, (1 - progress) / warmdown_frac)
-
 
 def peak_memory_mib(d: Dist) -> float:
     if d.device.type == "cuda":
@@ -1199,13 +1244,11 @@ def peak_memory_mib(d: Dist) -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
 def write_json(path: str, obj: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=str)
     os.replace(tmp, path)
-
 
 class Trainer:
     def __init__(self, cfg: Config, d: Dist, loader):
@@ -1266,7 +1309,6 @@ class Trainer:
             with torch.no_grad():
                 for p, e in zip(self.params, self.ema):
                     p.copy_(e.to(p.dtype))
-
 
 def main(argv: list[str]) -> dict:
     cfg = load_config(argv)
@@ -1413,7 +1455,6 @@ def main(argv: list[str]) -> dict:
         dist.destroy_process_group()
     return results
 
-
 def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, val_tokens, tables, cfg, d, log) -> dict:
     """GPTQ -> artifact (rank 0 writes it) -> fresh model loaded from the file -> eval: the score line."""
     xcfg, times, t = cfg.export, {}, time.perf_counter()
@@ -1454,7 +1495,6 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
     return dict(q_val_loss=q["val_loss"], q_val_bpb=q["val_bpb"], quant_name=name, bytes_model=bytes_model,
                 bytes_total=bytes_code + bytes_model, artifact_path=path, artifact_sha256=hashlib.sha256(blob).hexdigest(),
                 export_times=times, roundtrip_state_exact=exact, final_line=final_line)
-
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One lent-GPU session, steps in the order given:
 #   tests            FLA custom-op parity against the torch reference (tests/test_gpu.py; TESTS_K narrows it)
-#   bench            bench.py at seq 2048: gdn_hybrid with FLA's autograd Functions (default) vs the custom-op
-#                    variant, and attention, side by side
+#   bench            the short conv alone (scripts/short_conv_bench.py), then bench.py at seq 2048: gdn_hybrid
+#                    (default) vs its path before the fused short conv (fla_conv), with profiles, and attention
+#   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            GDN vs attention at equal wallclock: 2 models x 2 seeds x 60 s (sweep.py), with its report
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
@@ -31,10 +32,13 @@ for step in "$@"; do
   case $step in
     tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
              | tail -n 12 | tee $OUT/gpu_tests.log ;;
-    bench) python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
-             --variants "" "gdn_recurrence=fla_op" "gdn_recurrence=fla_torchconv" 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
+    bench) python3 scripts/short_conv_bench.py 2>&1 | grep -E "^short_conv|Error"
+           python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
+             --profile-dir $OUT --variants "" "gdn_recurrence=fla_conv" 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
            python3 bench.py --presets attention --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_attention.json \
              2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+    long) python3 bench.py --presets gdn_hybrid attention --seq-lens 4096 8192 --steps 12 --warmup 3 \
+            --out $OUT/bench_long.json 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     record:*) wait $build; m=${step#record:}
       torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \

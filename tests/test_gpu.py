@@ -16,7 +16,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-KERNELS = ["fla", "fla_op", "fla_torchconv"]  # train_gpt's FLA path, then bench.py's experimental variants
+KERNELS = ["fla", "fla_conv", "fla_op"]  # train_gpt's path (fused Triton short conv + FLA), then bench.py's variants
 
 
 def use_kernel(module, kernel: str) -> None:
@@ -41,6 +41,27 @@ def gdn_pair(kernel: str, seed: int = 0, **overrides):
     fla_mod = copy.deepcopy(torch_mod)
     use_kernel(fla_mod, kernel)
     return torch_mod, fla_mod
+
+
+@pytest.mark.parametrize("T,with_state", [(2048, False), (1000, True), (3, True)])
+def test_short_conv_kernel_matches_torch(T, with_state):
+    """The fused Triton short conv (bf16 in and out, strided input) against the fp32 torch reference: q, k, v and
+    the gradients of the input, the conv weight and the carried state."""
+    torch.manual_seed(T)
+    H, K, V, W = 8, 64, 64, 4
+    D = 2 * H * K + H * V
+    x = torch.randn(4, T, D + 24, device="cuda")[..., :D]  # a slice of a wider projection, as in the model
+    w, state = torch.randn(D, W, device="cuda") * 0.5, torch.randn(4, D, W, device="cuda") if with_state else None
+    grads = [torch.randn(4, T, H, n, device="cuda") for n in (K, K, V)]
+    outs = []
+    for fused in (False, True):
+        xi, wi = x.detach().clone().to(torch.bfloat16 if fused else torch.float32).requires_grad_(), w.clone().requires_grad_()
+        si = None if state is None else state.clone().requires_grad_()
+        qkv = tg.ShortConvQKV.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
+        sum((o.float() * g).sum() for o, g in zip(qkv, grads)).backward()
+        outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
+    for name, fused, ref in zip(["q", "k", "v", "dx", "dw", "dstate"], outs[1], outs[0]):
+        assert rel_err(fused, ref) < 1e-2, name
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

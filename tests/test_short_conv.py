@@ -1,0 +1,53 @@
+"""The fused Triton short conv (train_gpt.ShortConvQKV) against the plain-torch reference, on CPU through Triton's
+interpreter (TRITON_INTERPRET=1, set before Triton is imported, hence a subprocess). The GPU run of the same
+comparison in bf16 is tests/test_gpu.py::test_short_conv_kernel_matches_torch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = r'''
+import json, sys, torch
+sys.path.insert(0, ".")
+import train_gpt as tg
+errors = {}
+for B, T, H, K, V, with_state in json.loads(sys.argv[1]):
+    torch.manual_seed(T)
+    W, D = 4, 2 * H * K + H * V
+    x = torch.randn(B, T, D + 7)[..., :D]  # strided rows, as a slice of the fused projection
+    w, state = torch.randn(D, W) * 0.5, torch.randn(B, D, W) if with_state else None
+    grads = [torch.randn(B, T, H, n) for n in (K, K, V)]
+    outs = []
+    for fused in (False, True):
+        xi, wi = x.detach().clone().requires_grad_(), w.clone().requires_grad_()
+        si = None if state is None else state.clone().requires_grad_()
+        qkv = tg.ShortConvQKV.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
+        assert not fused or all(t.is_contiguous() for t in qkv)  # FLA's kernels would copy non-contiguous input
+        sum((o * g).sum() for o, g in zip(qkv, grads)).backward()
+        outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
+    for name, a, b in zip(["q", "k", "v", "dx", "dw", "dstate"], *outs):
+        errors[f"{B}x{T} H{H} K{K} V{V} state={with_state} {name}"] = ((a - b).norm() / b.norm()).item()
+print(json.dumps(errors))
+'''
+
+
+@pytest.mark.parametrize("cases", [
+    [[2, 37, 2, 16, 16, False]],           # T not a multiple of the row tile
+    [[2, 300, 2, 16, 24, True]],           # several tile groups per sequence, v blocks not head-aligned, carried state
+    [[1, 2, 1, 16, 20, True], [3, 70, 1, 32, 32, False]],  # fewer tokens than the conv width; a masked v block
+])
+def test_short_conv_kernel_matches_torch_in_triton_interpreter(cases):
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errors) == sum(6 if c[5] else 5 for c in cases)
+    bad = {k: v for k, v in errors.items() if not v < 1e-5}
+    assert not bad, bad
