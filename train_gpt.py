@@ -532,7 +532,7 @@ class ShortConvQKV(torch.autograd.Function):
     def forward(ctx, x, weight, state, dims):
         (B, T, _), (H, K, V) = x.shape, dims
         if K & (K - 1) or K < 16 or x.stride(2) != 1:
-            raise ValueError(f"short conv kernel: head dim {K} must be a power of two >= 16, channels contiguous")
+            raise ValueError(f"model.gdn_head_dim={K}: the Triton short conv needs a power of two >= 16 (and x.stride(2) == 1)")
         qkv = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
         ShortConvQKV.conv_pass(x, weight, state, dims, qkv)
         ctx.save_for_backward(x, weight, state)
@@ -600,7 +600,7 @@ def fla_recurrence(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, S0, want_
     """The fused Triton short conv (-> L2-normalised q, k), then FLA's chunk_gated_delta_rule with the beta sigmoid
     and the gate g = -exp(A_log) * softplus(a + dt_bias) computed inside its kernels."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    q, k, v = ShortConvQKV.apply(qkv, conv_weight, conv_state, dims)
+    q, k, v = ShortConvQKV.apply(qkv, conv_weight, None if conv_state is None else conv_state.contiguous(), dims)
     o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=dims[1] ** -0.5, initial_state=S0, output_final_state=want_state,
                                   use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
                                   use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, chunk_size=chunk_size)
