@@ -115,36 +115,30 @@ def fla_op_recurrence(self, qkv, a, b, conv_state, S0, want_state):
     """The variant gdn_recurrence=fla_op: the short conv (shifted multiply-adds), L2 norm and gate math in torch,
     fused by inductor, and the FLA chunk kernels as a custom op, so each GDN block compiles to one graph.
     Measured slower than train_gpt's default (FLA's autograd Functions with their in-kernel L2 norm and gates)."""
-    (B, T), H, K, Vh = qkv.shape[:2], self.H, self.K, self.Vh
-    qkv, conv_state = tg.causal_conv(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), conv_state)
-    q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
-    q, k, v = tg.l2_normalize(q.reshape(B, T, H, K)), tg.l2_normalize(k.reshape(B, T, H, K)), v.reshape(B, T, H, Vh)
+    q, k, v, conv_state = tg.short_conv_qkv(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), conv_state,
+                                            (self.H, self.K, self.Vh))
     g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias.float())
-    o, S = fla_chunk(q, k, v, g, b.float().sigmoid().to(q.dtype), S0, K ** -0.5, self.chunk_size)
+    o, S = fla_chunk(q, k, v, g, b.float().sigmoid().to(q.dtype), S0, self.K ** -0.5, self.chunk_size)
     return o, conv_state, S
 
 
-@torch.compiler.disable
-def _fla_conv_chunk(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, S0, want_state, dims, chunk_size):
+@torch.compiler.disable  # FLA's autograd Functions run eagerly, a graph break as in train_gpt's path
+def fla_conv_recurrence(self, qkv, a, b, conv_state, S0, want_state):
+    """The variant gdn_recurrence=fla_conv (train_gpt's path before the fused short-conv kernel): FLA's
+    causal_conv1d + SiLU, a split of q|k|v that FLA's kernels copy to contiguous tensors, and the L2 norm of q and
+    k in FLA's chunk Function."""
     from fla.modules.convolution import causal_conv1d
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    (B, T), (H, K, Vh) = qkv.shape[:2], dims
-    qkv, conv_state = causal_conv1d(qkv, conv_weight.to(qkv.dtype), activation="silu", initial_state=conv_state,
+    (B, T), H, K, Vh = qkv.shape[:2], self.H, self.K, self.Vh
+    conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv]).to(qkv.dtype)
+    qkv, conv_state = causal_conv1d(qkv, conv_weight, activation="silu", initial_state=conv_state,
                                     output_final_state=want_state)
     q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
     o, S = chunk_gated_delta_rule(q.reshape(B, T, H, K), k.reshape(B, T, H, K), v.reshape(B, T, H, Vh), a, b,
                                   scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
                                   use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                                  use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, chunk_size=chunk_size)
+                                  use_gate_in_kernel=True, A_log=self.A_log, dt_bias=self.dt_bias, chunk_size=self.chunk_size)
     return o, conv_state, S
-
-
-def fla_conv_recurrence(self, qkv, a, b, conv_state, S0, want_state):
-    """The variant gdn_recurrence=fla_conv (train_gpt's path before the fused short-conv kernel): FLA's
-    causal_conv1d + SiLU, a split of q|k|v that FLA's kernels copy to contiguous tensors, and the L2 norm of q and
-    k in FLA's chunk Function."""
-    return _fla_conv_chunk(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), a, b, self.A_log, self.dt_bias,
-                           conv_state, S0, want_state, (self.H, self.K, self.Vh), self.chunk_size)
 
 
 RECURRENCE_VARIANTS = {"fla_op": fla_op_recurrence, "fla_conv": fla_conv_recurrence}
