@@ -51,97 +51,43 @@ class RandomBatches:
         return self.batches[self.position % len(self.batches)]
 
 
-_FLA_CHUNK = []
+class ShortConvFunction(torch.autograd.Function):
+    """train_gpt.ShortConv as an autograd Function of the q|k|v slice alone: the GDN path before GatedDeltaCore
+    (variant gdn_core=fla_function) and the kernel's parity tests."""
+
+    @staticmethod
+    def forward(ctx, x, weight, state, dims):
+        ctx.save_for_backward(x, weight, state)
+        ctx.dims = dims
+        return tg.ShortConv.forward(x, weight, state, dims)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight, state = ctx.saved_tensors
+        dx = x.new_empty(x.shape)
+        dweight, dstate = tg.ShortConv.backward(x, weight, state, ctx.dims, grads, dx, ctx.needs_input_grad[2])
+        return dx, dweight, dstate, None
 
 
-def fla_chunk(q, k, v, g, beta, S0, scale: float, chunk_size: int):
-    """FLA's chunked gated delta rule as a torch.library custom op (its forward and backward kernels), so that
-    torch.compile keeps the whole GDN block in one graph around it. Returns o and the final state."""
-    S0 = q.new_zeros(q.shape[0], v.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if S0 is None else S0.float()
-    o, S, _, _ = _FLA_CHUNK[0](q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), S0,
-                               scale, chunk_size)
-    return o, S
-
-
-def register_fla_chunk_op() -> None:
-    """Called once, outside compiled code, since registration cannot be traced."""
-    if _FLA_CHUNK:
-        return
-    from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
-
-    @torch.library.custom_op("gdn_harness::chunk_fwd", mutates_args=(), schema="(Tensor q, Tensor k, Tensor v, "
-                             "Tensor g, Tensor beta, Tensor h0, float scale, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor)")
-    def chunk_fwd(q, k, v, g, beta, h0, scale, chunk_size):
-        g_cum, o, A, ht, _, _ = chunk_gated_delta_rule_fwd(q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=h0,
-                                                           output_final_state=True, chunk_size=chunk_size)
-        return o.to(q.dtype).contiguous(), ht, g_cum, A
-
-    @chunk_fwd.register_fake
-    def _(q, k, v, g, beta, h0, scale, chunk_size):
-        return (v.new_empty(v.shape, dtype=q.dtype), h0.new_empty(h0.shape), g.new_empty(g.shape, dtype=torch.float32),
-                k.new_empty(*k.shape[:2], v.shape[2], chunk_size))
-
-    @torch.library.custom_op("gdn_harness::chunk_bwd", mutates_args=(), schema="(Tensor q, Tensor k, Tensor v, "
-                             "Tensor g_cum, Tensor beta, Tensor A, Tensor h0, Tensor do, Tensor dht, float scale, "
-                             "int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-    def chunk_bwd(q, k, v, g_cum, beta, A, h0, do, dht, scale, chunk_size):
-        dq, dk, dv, db, dg, dh0, _, _ = chunk_gated_delta_rule_bwd(q=q, k=k, v=v, g=g_cum, beta=beta, A=A, scale=scale,
-                                                                   initial_state=h0, do=do, dht=dht,
-                                                                   chunk_size=chunk_size)
-        grads = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), db.to(beta.dtype), dh0.float()
-        return tuple(t.contiguous() for t in grads)
-
-    @chunk_bwd.register_fake
-    def _(q, k, v, g_cum, beta, A, h0, do, dht, scale, chunk_size):
-        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g_cum),
-                torch.empty_like(beta), torch.empty_like(h0))
-
-    def setup_context(ctx, inputs, output):
-        q, k, v, _, beta, h0, ctx.scale, ctx.chunk_size = inputs
-        ctx.save_for_backward(q, k, v, output[2], beta, output[3], h0)
-
-    def backward(ctx, do, dht, _g_cum, _A):
-        q, k, v, g_cum, beta, A, h0 = ctx.saved_tensors
-        dht = torch.zeros_like(h0) if dht is None else dht
-        dq, dk, dv, dg, db, dh0 = chunk_bwd(q, k, v, g_cum, beta, A, h0, do.contiguous(), dht.contiguous(),
-                                            ctx.scale, ctx.chunk_size)
-        return dq, dk, dv, dg, db, dh0, None, None
-
-    chunk_fwd.register_autograd(backward, setup_context=setup_context)
-    _FLA_CHUNK.append(chunk_fwd)
-
-
-def fla_op_recurrence(self, qkv, a, b, conv_state, S0, want_state):
-    """The variant gdn_recurrence=fla_op: the short conv (shifted multiply-adds), L2 norm and gate math in torch,
-    fused by inductor, and the FLA chunk kernels as a custom op, so each GDN block compiles to one graph.
-    Measured slower than train_gpt's default (FLA's autograd Functions with their in-kernel L2 norm and gates)."""
-    q, k, v, conv_state = tg.short_conv_qkv(qkv, torch.cat([self.q_conv, self.k_conv, self.v_conv]), conv_state,
-                                            (self.H, self.K, self.Vh))
-    g = -self.A_log.float().exp() * torch.nn.functional.softplus(a.float() + self.dt_bias.float())
-    o, S = fla_chunk(q, k, v, g, b.float().sigmoid().to(q.dtype), S0, self.K ** -0.5, self.chunk_size)
-    return o, conv_state, S
-
-
-@torch.compiler.disable  # FLA's autograd Functions run eagerly, a graph break as in train_gpt's path
-def fla_conv_recurrence(self, qkv, a, b, conv_state, S0, want_state):
-    """The variant gdn_recurrence=fla_conv (train_gpt's path before the fused short-conv kernel): FLA's
-    causal_conv1d + SiLU, a split of q|k|v that FLA's kernels copy to contiguous tensors, and the L2 norm of q and
-    k in FLA's chunk Function."""
-    from fla.modules.convolution import causal_conv1d
+@torch.compiler.disable  # eager, a graph break as in train_gpt's path
+def fla_function_core(self, P, state, want_state):
+    """The variant gdn_core=fla_function (train_gpt's path before GatedDeltaCore): the Triton short conv as its own
+    autograd Function, then FLA's chunk_gated_delta_rule Function, which recomputes the WY factors and the chunk
+    states in its backward; autograd concatenates the pieces of P's gradient."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    (B, T), H, K, Vh = qkv.shape[:2], self.H, self.K, self.Vh
-    conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv]).to(qkv.dtype)
-    qkv, conv_state = causal_conv1d(qkv, conv_weight, activation="silu", initial_state=conv_state,
-                                    output_final_state=want_state)
-    q, k, v = qkv.split([H * K, H * K, H * Vh], dim=-1)
-    o, S = chunk_gated_delta_rule(q.reshape(B, T, H, K), k.reshape(B, T, H, K), v.reshape(B, T, H, Vh), a, b,
-                                  scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
-                                  use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+    (H, K, Vh), (conv_state, S0) = (self.H, self.K, self.Vh), state if state is not None else (None, None)
+    conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv])
+    qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
+    q, k, v = ShortConvFunction.apply(qkv, conv_weight, None if conv_state is None else conv_state.contiguous(),
+                                      (H, K, Vh))
+    o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
+                                  use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
                                   use_gate_in_kernel=True, A_log=self.A_log, dt_bias=self.dt_bias, chunk_size=self.chunk_size)
-    return o, conv_state, S
+    W = conv_weight.shape[1]
+    return o, (tg.conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
 
 
-RECURRENCE_VARIANTS = {"fla_op": fla_op_recurrence, "fla_conv": fla_conv_recurrence}
+CORE_VARIANTS = {"fla_function": fla_function_core}
 
 
 def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
@@ -197,15 +143,13 @@ def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
 
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "") -> dict:
-    variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_recurrence=")), None)
+    variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
     cfg = tg.load_config([f"model={preset}", "export=none", f"train.seq_len={seq_len}", f"train.global_batch_tokens={tokens}",
-                          f"train.micro_batch_seqs={tokens // seq_len}"] + [o for o in extra if not o.startswith("gdn_recurrence=")])
+                          f"train.micro_batch_seqs={tokens // seq_len}"] + [o for o in extra if not o.startswith("gdn_core=")])
     trainer = tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
-    if variant == "fla_op":
-        register_fla_chunk_op()
     for block in trainer.model.blocks if variant else []:
         if block.kind == "G":
-            block.mixer.recurrence = types.MethodType(RECURRENCE_VARIANTS[variant], block.mixer)
+            block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)
     for _ in range(warmup):
         trainer.train_step(1.0, 0.95, False)
     tg.synchronize(d)
@@ -247,15 +191,15 @@ def main() -> None:
     parser.add_argument("--profile-dir", default="", help="write a torch.profiler table per case here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 2 steps (for CI)")
     parser.add_argument("--variants", nargs="+", default=[""],
-                        help="override sets compared side by side; gdn_recurrence=fla_op|fla_conv swaps in an experimental "
-                             "GDN path (see RECURRENCE_VARIANTS), e.g. --variants '' gdn_recurrence=fla_op")
+                        help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
+                             "(see CORE_VARIANTS), e.g. --variants '' gdn_core=fla_function")
     parser.add_argument("--short-conv-dx", default="", metavar="ROWS,TILES,WARPS",
-                        help="dx/dw kernel tile setting of train_gpt.ShortConvQKV (tuning; see scripts/short_conv_bench.py)")
+                        help="dx/dw kernel tile setting of train_gpt.ShortConv (tuning; see scripts/short_conv_bench.py)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
     if args.short_conv_dx:
-        tg.ShortConvQKV.DX_ROWS, tg.ShortConvQKV.DX_TILES, tg.ShortConvQKV.DX_WARPS = map(int, args.short_conv_dx.split(","))
+        tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, args.short_conv_dx.split(","))
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

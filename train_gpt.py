@@ -10,15 +10,12 @@ The GDN recurrence runs on FLA's Triton kernels on CUDA and on a plain-torch chu
 """
 from __future__ import annotations
 
-import contextlib, copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, subprocess, sys, time, uuid
+import contextlib, copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, resource, subprocess, sys, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
+import torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as F
 
 triton = importlib.import_module("triton") if importlib.util.find_spec("triton") else None  # CUDA torch ships it
 tl = triton.language if triton else None
@@ -74,7 +71,6 @@ class TrainConfig:
     muon_momentum_warmup_steps: int = 1500
     muon_weight_decay: float = 0.085
     muon_ns_steps: int = 5
-    muon_batched: bool = True           # one batched Newton-Schulz per matrix shape instead of one per matrix
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -136,14 +132,12 @@ def config_from_dict(cls, d: dict, where: str = ""):
     if not isinstance(d, dict):
         raise ValueError(f"config {where or 'root'}: expected a mapping, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
+    if unknown := sorted(set(d) - set(fields)):
         raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
                          f"valid keys under '{where or 'root'}': {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in d.items():
-        default = getattr(cls(), name)
-        key = where + name
+        default, key = getattr(cls(), name), where + name
         if dataclasses.is_dataclass(default):
             kwargs[name] = config_from_dict(type(default), value, key + ".")
             continue
@@ -234,7 +228,6 @@ class Dist:
     world: int
     local_rank: int
     device: torch.device
-
     master = property(lambda self: self.rank == 0)
 
 def init_distributed() -> Dist:
@@ -354,11 +347,8 @@ def open_shards(pattern: str) -> list[np.ndarray]:
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no shards match {pattern!r} (build them: see README, 'Data')")
-    shards = []
-    for f in files:
-        n = read_shard_header(f)
-        shards.append(np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(n,)))
-    return shards
+    return [np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(read_shard_header(f),))
+            for f in files]
 
 class TokenStream:
     """The concatenation of all shards as one virtual array, read by global position (wrapping around)."""
@@ -373,10 +363,8 @@ class TokenStream:
         while n > 0:
             i = int(np.searchsorted(self.starts, start, side="right")) - 1
             offset = start - int(self.starts[i])
-            piece = self.shards[i][offset:offset + n]
-            out.append(piece)
-            n -= len(piece)
-            start = (start + len(piece)) % self.total
+            out.append(piece := self.shards[i][offset:offset + n])
+            n, start = n - len(piece), (start + len(piece)) % self.total
         return np.concatenate(out).astype(np.int64)
 
 class TrainLoader:
@@ -395,8 +383,7 @@ class TrainLoader:
         batch = []
         for m in range(self.accum_steps):
             first_seq = (m * self.d.world + self.d.rank) * self.micro
-            buf = self.stream.read(self.position + first_seq * self.seq_len, self.micro * self.seq_len + 1)
-            t = torch.from_numpy(buf)
+            t = torch.from_numpy(self.stream.read(self.position + first_seq * self.seq_len, self.micro * self.seq_len + 1))
             if self.d.device.type == "cuda":
                 t = t.pin_memory().to(self.d.device, non_blocking=True)
             batch.append((t[:-1].view(self.micro, self.seq_len), t[1:].view(self.micro, self.seq_len)))
@@ -456,10 +443,11 @@ if triton is not None:
         return xs
 
     @triton.jit
-    def short_conv_kernel(x, w, s0, q, k, v, du, T, sxb, sxt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                          W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr, BACKWARD: tl.constexpr):
-        """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients, and
-        the gradient at the conv pre-activation (recomputed from x, not saved) goes to du."""
+    def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                          W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr, BACKWARD: tl.constexpr,
+                          HAS_K2: tl.constexpr):
+        """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients (k's in
+        two parts k + k2 with HAS_K2), and the gradient at the conv pre-activation (recomputed from x) goes to du."""
         i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         D, rows, c = 2 * H * K + H * V, i_t * BT + tl.arange(0, BT), i_d * K + tl.arange(0, K)
         u = tl.zeros((BT, K), tl.float32)
@@ -471,11 +459,13 @@ if triton is not None:
         # sequence offsets go into the base pointers (int64 scalars) so that tile offsets stay int32
         pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
         oq, ov = rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
-        if BACKWARD:
+        if BACKWARD:  # (loads and stores stay in per-tensor branches: a pointer chosen by branch made it slower)
             if i_d < H:
                 g = tl.load(pq + oq, mask=m, other=0.0).to(tl.float32)
             elif i_d < 2 * H:
                 g = tl.load(pk + oq, mask=m, other=0.0).to(tl.float32)
+                if HAS_K2:
+                    g += tl.load(k2 + (i_b * T * (H * K) - H * K) + oq, mask=m, other=0.0).to(tl.float32)
             else:
                 g = tl.load(pv + ov, mask=m, other=0.0).to(tl.float32)
             if i_d < 2 * H:  # through the L2 norm: (g - n (n . g)) / |y| with n = y / |y|
@@ -494,11 +484,11 @@ if triton is not None:
                 tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
 
     @triton.jit
-    def short_conv_dx_kernel(du, x, w, s0, dx, dw_part, T, sxb, sxt, D, TILES: tl.constexpr, W: tl.constexpr,
+    def short_conv_dx_kernel(du, x, w, s0, dx, dw_part, T, sxb, sxt, sdb, sdt, D, TILES: tl.constexpr, W: tl.constexpr,
                              BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr):
         """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m] and
         tap W-1-m of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (one more, of carried rows < 0, for the
-        first with a state); its dw goes to dw_part, summed by the caller."""
+        first with a state); its dw goes to dw_part, summed by the caller. dx may be a column slice (strides sdb, sdt)."""
         i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         c, taps = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)
         dw = tl.zeros((BD, BW), tl.float32)
@@ -510,65 +500,64 @@ if triton is not None:
                             mask=((rows + m >= 0) & (rows + m < T))[:, None] & (c < D)[None, :], other=0.0).to(tl.float32)
                 acc += g * tl.load(w + c * W + (W - 1 - m), mask=c < D, other=0.0).to(tl.float32)[None, :]
                 dw += tl.sum(g * xs, 0)[:, None] * (taps == W - 1 - m)[None, :]
-            tl.store(dx + i_b * T * D + rows[:, None] * D + c[None, :], acc.to(dx.dtype.element_ty),
+            tl.store(dx + i_b * sdb + rows[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty),
                      mask=((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :])
         part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
         tl.store(part + c[:, None] * W + taps[None, :], dw, mask=(c < D)[:, None] & (taps < W)[None, :])
 
-class ShortConvQKV(torch.autograd.Function):
+class ShortConv:
     """The Triton short conv: causal conv + SiLU over q|k|v and the L2 norm of each q and k head in one pass, written
     as three contiguous [B, T, heads, dim] tensors that FLA's kernels take without copies. The backward recomputes
     the pre-activation (one pass to its gradient du, one from du to dx and dw) instead of saving it."""
     ROWS, DX_ROWS, DX_TILES, DX_WARPS = 64, 32, 8, 2  # tiles measured on an H100: scripts/short_conv_bench.py
 
     @staticmethod
-    def conv_pass(x, weight, state, dims, qkv, du=None):  # forward, or (given du) backward to du
+    def conv_pass(x, weight, state, dims, qkv, du=None, k2=None):  # forward, or (given du) backward to du
         (B, T, D), (H, K, V) = x.shape, dims
-        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConvQKV.ROWS), B)](
-            x, weight, x if state is None else state, *qkv, x if du is None else du, T, x.stride(0), x.stride(1), H=H,
-            K=K, V=V, W=weight.shape[1], BT=ShortConvQKV.ROWS, HAS_STATE=state is not None, BACKWARD=du is not None)
+        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConv.ROWS), B)](
+            x, weight, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du, T,
+            x.stride(0), x.stride(1), H=H, K=K, V=V, W=weight.shape[1], BT=ShortConv.ROWS, HAS_STATE=state is not None,
+            BACKWARD=du is not None, HAS_K2=k2 is not None)
 
     @staticmethod
-    def forward(ctx, x, weight, state, dims):
+    def forward(x, weight, state, dims):
+        """x [B, T, q|k|v] (rows may be strided), weight [q|k|v, W], state None or [B, q|k|v, W] -> q, k, v."""
         (B, T, _), (H, K, V) = x.shape, dims
         if K & (K - 1) or K < 16 or x.stride(2) != 1:
             raise ValueError(f"model.gdn_head_dim={K}: the Triton short conv needs a power of two >= 16 (and x.stride(2) == 1)")
         qkv = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
-        ShortConvQKV.conv_pass(x, weight, state, dims, qkv)
-        ctx.save_for_backward(x, weight, state)
-        ctx.dims = dims
+        ShortConv.conv_pass(x, weight, state, dims, qkv)
         return qkv
 
     @staticmethod
-    def backward(ctx, *grads):
-        (x, weight, state), W = ctx.saved_tensors, ctx.saved_tensors[1].shape[1]
-        (B, T, D), grads = x.shape, [g.contiguous() for g in grads]
-        du, (rows, tiles) = x.new_empty(B, T, D), (ShortConvQKV.DX_ROWS, ShortConvQKV.DX_TILES)
-        ShortConvQKV.conv_pass(x, weight, state, ctx.dims, grads, du)
+    def backward(x, weight, state, dims, grads, dx, want_dstate: bool, dk2=None):
+        """Gradients of q, k (+ dk2), v -> dx, written into the given tensor or column slice; returns dweight, dstate."""
+        (B, T, D), W, (rows, tiles) = x.shape, weight.shape[1], (ShortConv.DX_ROWS, ShortConv.DX_TILES)
+        du, grads = x.new_empty(B, T, D), [g.contiguous() for g in grads]
+        ShortConv.conv_pass(x, weight, state, dims, grads, du, None if dk2 is None else dk2.contiguous())
         splits = triton.cdiv(triton.cdiv(T, rows), tiles)
-        dx, dw_part = torch.empty_like(du), torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
+        dw_part = torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
         short_conv_dx_kernel[(triton.cdiv(D, 64), splits, B)](
-            du, x, weight, x if state is None else state, dx, dw_part, T, x.stride(0), x.stride(1), D, TILES=tiles, W=W,
-            BW=triton.next_power_of_2(W), BT=rows, BD=64, HAS_STATE=state is not None, num_warps=ShortConvQKV.DX_WARPS)
+            du, x, weight, x if state is None else state, dx, dw_part, T, x.stride(0), x.stride(1), dx.stride(0),
+            dx.stride(1), D, TILES=tiles, W=W, BW=triton.next_power_of_2(W), BT=rows, BD=64,
+            HAS_STATE=state is not None, num_warps=ShortConv.DX_WARPS)
         dstate = None
-        if state is not None and ctx.needs_input_grad[2]:  # only the first W - 1 rows see the state: redo them in torch
+        if state is not None and want_dstate:  # only the first W - 1 rows see the state: redo them in torch
             with torch.enable_grad():
-                s = state.detach().requires_grad_()
-                head = short_conv_qkv(x[:, :W - 1].detach(), weight.detach(), s, ctx.dims)[:3]
-                dstate, = torch.autograd.grad(head, s, [g[:, :W - 1] for g in grads])
-        return dx, dw_part.sum(0).to(weight.dtype), dstate, None
+                head = short_conv_qkv(x[:, :W - 1].detach(), weight.detach(), s := state.detach().requires_grad_(), dims)[:3]
+                dk_head = grads[1][:, :W - 1] + (0 if dk2 is None else dk2[:, :W - 1])
+                dstate, = torch.autograd.grad(head, s, [grads[0][:, :W - 1], dk_head, grads[2][:, :W - 1]])
+        return dw_part.sum(0).to(weight.dtype), dstate
 
 def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, chunk_size: int = 64):
     """Chunked gated delta rule in fp32; the same math as FLA's chunk_gated_delta_rule.
     Recurrence: S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,  o_t = scale * S_t^T q_t.
     q, k [B, T, H, K] (already L2-normalised), v [B, T, HV, V], g (log decay) and beta [B, T, HV],
     state [B, HV, K, V]. Returns o [B, T, HV, V] and the final state."""
-    B, T, H, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
+    (B, T, H, K), (HV, V) = q.shape, v.shape[2:]
     if HV != H:
         q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
-    C, pad = chunk_size, (-T) % chunk_size
-    N = (T + pad) // C
+    C, pad, N = chunk_size, (-T) % chunk_size, -(-T // chunk_size)
 
     def chunks(x):  # [B, T, HV, ...] -> [B, HV, N, C, ...]; zero padding is inert (beta = 0, g = 0)
         x = x.float().transpose(1, 2)
@@ -595,17 +584,48 @@ def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, c
         S = S * G[:, :, n, -1].exp()[..., None, None] + k_to_end[:, :, n].transpose(-1, -2) @ U
     return torch.stack(out, dim=2).reshape(B, HV, N * C, V)[:, :, :T].transpose(1, 2), S
 
-@torch.compiler.disable  # Triton/FLA autograd Functions run eagerly: one graph break per GDN layer, compiled around
-def fla_recurrence(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, S0, want_state: bool, dims, chunk_size: int):
-    """The fused Triton short conv (-> L2-normalised q, k), then FLA's chunk_gated_delta_rule with the beta sigmoid
-    and the gate g = -exp(A_log) * softplus(a + dt_bias) computed inside its kernels."""
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    q, k, v = ShortConvQKV.apply(qkv, conv_weight, None if conv_state is None else conv_state.contiguous(), dims)
-    o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=dims[1] ** -0.5, initial_state=S0, output_final_state=want_state,
-                                  use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
-                                  use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias, chunk_size=chunk_size)
-    W = conv_weight.shape[1]
-    return o, (conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
+def fla_kernels():  # FLA's kernel modules: chunk_delta_h, chunk_o, gate, chunk_fwd, gdn gate, wy_fast, cumsum
+    return [importlib.import_module("fla.ops." + m) for m in ("common.chunk_delta_h", "common.chunk_o", "common.gate",
+            "gated_delta_rule.chunk_fwd", "gated_delta_rule.gate", "gated_delta_rule.wy_fast", "utils.cumsum")]
+
+class GatedDeltaCore(torch.autograd.Function):
+    """The GDN mixer from its input projection P = [q|k|v|a|b] to the per-head output on CUDA: the Triton short conv,
+    then FLA's chunked gated delta rule kernels (sigmoid(b) and the gate g computed inside them). Unlike FLA's own
+    autograd Function it keeps the WY factors w, chunk states h and corrected values (~0.3 GB per layer at 98K
+    tokens) instead of recomputing them in the backward, and writes P's gradient as one tensor (no concatenation)."""
+
+    @staticmethod
+    def forward(ctx, P, conv_weight, A_log, dt_bias, conv_state, S0, dims, chunk_size: int, want_state: bool):
+        (H, K, V), C, (chunk_delta_h, chunk_o, beta_gate, chunk_fwd, gate, _, _) = dims, chunk_size, fla_kernels()
+        x, a, b = P.split(cols := [2 * H * K + H * V, H, H], dim=-1)
+        a, b, (q, k, v) = a.contiguous(), b.contiguous(), ShortConv.forward(x, conv_weight, conv_state, dims)
+        beta = beta_gate.fused_beta_sigmoid_fwd(b)
+        g = gate.gdn_gate_chunk_cumsum(a, A_log, C, scale=1.4426950216, dt_bias=dt_bias)  # FLA's 1/ln 2: log2 domain
+        w, u, A = chunk_fwd.chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g, beta=beta, chunk_size=C)
+        h, v_new, S = chunk_delta_h.chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=S0,
+                                                                 output_final_state=want_state, chunk_size=C)
+        o = chunk_o.chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g, scale=K ** -0.5, chunk_size=C)
+        ctx.save_for_backward(P, conv_weight, conv_state, q, k, v, a, b, beta, g, A, w, h, v_new, S0, A_log, dt_bias)
+        ctx.dims, ctx.cols, ctx.chunk_size = dims, cols, C
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS):
+        chunk_delta_h, chunk_o, beta_gate, _, gate, wy_fast, cumsum = fla_kernels()
+        P, conv_weight, conv_state, q, k, v, a, b, beta, g, A, w, h, v_new, S0, A_log, dt_bias = ctx.saved_tensors
+        C, scale, do = ctx.chunk_size, ctx.dims[1] ** -0.5, do.contiguous()
+        dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
+        dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS,
+                                                                   scale=scale, chunk_size=C)
+        dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale,
+                                                 chunk_size=C)
+        dk2, dv, dbeta, dg2 = wy_fast.prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=dw, du=dv, g=g)
+        da, dA_log, ddt_bias = gate.gdn_gate_bwd(a, A_log, dt_bias, cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
+        dP, Dc = torch.empty_like(P), ctx.cols[0]
+        dP[..., Dc:] = torch.cat([da, beta_gate.fused_beta_sigmoid_bwd(b, dbeta)], dim=-1)
+        dconv, dstate = ShortConv.backward(P[..., :Dc], conv_weight, conv_state, ctx.dims, (dq, dk, dv), dP[..., :Dc],
+                                           ctx.needs_input_grad[4], dk2)
+        return dP, dconv, dA_log, ddt_bias, dstate, dS0, None, None, None
 
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet mixer: q/k/v with a causal short conv + SiLU, L2-normalised q and k, beta = sigmoid(b),
@@ -629,32 +649,33 @@ class GatedDeltaNet(nn.Module):
         nn.init.zeros_(self.o_proj.weight)
 
     def forward(self, x, state=None, want_state=False, attn_window=0):
-        (B, T, _), H, K, Vh = x.shape, self.H, self.K, self.Vh
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.g_proj.weight,
-                            self.a_proj.weight, self.b_proj.weight])
-        qkv, gate, a, b = F.linear(x, weight).split([2 * H * K + H * Vh, H * Vh, H, H], dim=-1)
-        conv_state, S0 = state if state is not None else (None, None)
-        o, conv_state, S = self.recurrence(qkv, a, b, conv_state, S0, want_state)
+        (B, T, _), H, Vh = x.shape, self.H, self.Vh
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight,
+                            self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
+        gate = F.linear(x, self.g_proj.weight)  # before core: x stays inside the compiled graph before its break
+        o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
         o = rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * F.silu(gate.float().view(B, T, H, Vh))
         y = self.o_proj(o.reshape(B, T, H * Vh).to(x.dtype))
         return y, ((conv_state, S) if want_state else None)
 
-    def recurrence(self, qkv, a, b, conv_state, S0, want_state: bool):
-        """Short conv -> L2 norm, gates -> chunked delta rule; returns the per-head output and the new states."""
-        conv_weight, dims = torch.cat([self.q_conv, self.k_conv, self.v_conv]), (self.H, self.K, self.Vh)
-        if self.kernel == "fla":
-            return fla_recurrence(qkv, conv_weight, a, b, self.A_log, self.dt_bias, conv_state, S0, want_state, dims,
-                                  self.chunk_size)
-        q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, dims)
-        beta = b.float().sigmoid()
+    def core(self, P, state, want_state: bool):
+        """P = [q|k|v|a|b] -> per-head output and new states: GatedDeltaCore, or the same math in torch."""
+        (H, K, Vh), conv_state, S0 = (self.H, self.K, self.Vh), *(state if state is not None else (None, None))
+        conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv])
+        if self.kernel == "fla":  # eager kernels: one graph break per GDN layer, compiled around it
+            o, S = torch.compiler.disable(GatedDeltaCore.apply)(P, conv_weight, self.A_log, self.dt_bias, None if
+                conv_state is None else conv_state.contiguous(), S0, (H, K, Vh), self.chunk_size, want_state)
+            W = conv_weight.shape[1]
+            return o, (conv_window(P[..., :-2 * H], conv_state, W)[:, -W:].mT.contiguous() if want_state else None), S
+        qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
+        q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, (H, K, Vh))
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
-        with torch.autocast(qkv.device.type, enabled=False):
-            o, S = gated_delta_rule_torch(q.float(), k.float(), v, g, beta, self.K ** -0.5, S0, self.chunk_size)
+        with torch.autocast(P.device.type, enabled=False):
+            o, S = gated_delta_rule_torch(q.float(), k.float(), v, g, b.float().sigmoid(), K ** -0.5, S0, self.chunk_size)
         return o, conv_state, S
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
+    x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 class Attention(nn.Module):
@@ -663,11 +684,9 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        D, self.H, self.Hkv = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
-        self.hd = D // self.H
-        self.q_proj = nn.Linear(D, D, bias=False)
+        D, self.H, self.Hkv, self.hd = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads
+        self.q_proj, self.o_proj = nn.Linear(D, D, bias=False), nn.Linear(D, D, bias=False)
         self.k_proj, self.v_proj = nn.Linear(D, self.Hkv * self.hd, bias=False), nn.Linear(D, self.Hkv * self.hd, bias=False)
-        self.o_proj = nn.Linear(D, D, bias=False)
         nn.init.zeros_(self.o_proj.weight)
         self.register_buffer("inv_freq", cfg.rope_base ** -(torch.arange(0, self.hd, 2).float() / self.hd), persistent=False)
 
@@ -820,10 +839,9 @@ class Muon(torch.optim.Optimizer):
     """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world
     (same-shape matrices stacked into one batched iteration) and broadcast, so every rank applies it."""
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int, d: Dist, ns=None,
-                 batched: bool = True):
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int, d: Dist, ns=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
-        self.d, self.ns, self.batched = d, ns or newton_schulz, batched
+        self.d, self.ns = d, ns or newton_schulz
 
     @torch.no_grad()
     def step(self):
@@ -834,8 +852,8 @@ class Muon(torch.optim.Optimizer):
             for p in mine:
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.mul_(group["momentum"]).add_(p.grad)
-                by_shape.setdefault((p.shape, None if self.batched else id(p)), []).append(p)
-            for (shape, _), ps in by_shape.items():
+                by_shape.setdefault(p.shape, []).append(p)
+            for shape, ps in by_shape.items():
                 stacked = torch.stack([p.grad.add(self.state[p]["momentum_buffer"], alpha=group["momentum"]) for p in ps])
                 ortho = self.ns(stacked, group["ns_steps"]) * max(1.0, shape[0] / shape[1]) ** 0.5
                 updates.update({p: u for p, u in zip(ps, ortho.unbind(0))})
@@ -856,8 +874,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
     if len(assigned) != len(set(assigned)) or set(assigned) != {id(p) for p in model.parameters()}:
         raise AssertionError("optimizer groups must cover every parameter exactly once")
     ns = torch.compile(newton_schulz) if d.device.type == "cuda" and cfg.compile != "off" else None
-    muon = Muon(roles["matrix"], cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, ns,
-                cfg.muon_batched)
+    muon = Muon(roles["matrix"], cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, ns)
     adam = torch.optim.AdamW([dict(params=roles["embed"], lr=cfg.embed_lr), dict(params=roles["scalar"], lr=cfg.scalar_lr)],
                              betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=0.0,
                              fused=d.device.type == "cuda")
@@ -911,8 +928,7 @@ def build_byte_tables(tokenizer_path: str, vocab_size: int, device) -> tuple[tor
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
     if sp.vocab_size() > vocab_size:
         raise ValueError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces > model.vocab_size={vocab_size}")
-    base = np.zeros(vocab_size, np.int64)
-    space, boundary = np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
+    base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
             continue
@@ -971,14 +987,10 @@ def sliding_windows(n: int, seq_len: int, stride: int) -> list[tuple[int, int, i
     return windows
 
 def reset_rows(state, keep: torch.Tensor):
-    """Zero the carried state of the rows that start a new document (keep=False)."""
-    out = []
-    for s in state:
-        if len(s) == 2:  # GDN: (conv state [B, D, W], recurrent state [B, H, K, V])
-            out.append((s[0] * keep[:, None, None], s[1] * keep[:, None, None, None]))
-        else:  # attention: (keys, values, valid [B, P])
-            out.append((s[0], s[1], s[2] & keep[:, None]))
-    return out
+    """Zero the carried state of the rows that start a new document (keep=False): a GDN state is (conv state
+    [B, D, W], recurrent state [B, H, K, V]), an attention state (keys, values, valid [B, P])."""
+    return [(s[0] * keep[:, None, None], s[1] * keep[:, None, None, None]) if len(s) == 2 else
+            (s[0], s[1], s[2] & keep[:, None]) for s in state]
 
 @torch.no_grad()
 def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int, bos_id: int, d: Dist) -> dict:
@@ -1241,14 +1253,11 @@ def lr_scale_at(progress: float, warmdown_frac: float) -> float:
 def peak_memory_mib(d: Dist) -> float:
     if d.device.type == "cuda":
         return torch.cuda.max_memory_allocated(d.device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 def write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    Path(path + ".tmp").write_text(json.dumps(obj, indent=1, default=str))  # then renamed: never half-written
+    os.replace(path + ".tmp", path)
 
 class Trainer:
     def __init__(self, cfg: Config, d: Dist, loader):
@@ -1264,8 +1273,7 @@ class Trainer:
         self.step = 0
 
     def train_step(self, lr_scale: float, momentum: float, grad_split: bool) -> tuple[torch.Tensor, dict | None]:
-        total = torch.zeros((), device=self.d.device)
-        batch = self.loader.next_batch()
+        total, batch = torch.zeros((), device=self.d.device), self.loader.next_batch()
         for x, y in batch:
             with autocast(self.d):
                 loss = self.model(x, y)
@@ -1320,9 +1328,7 @@ def main(argv: list[str]) -> dict:
         cfg.run.run_id = box[0]
     log, tcfg = Logger(cfg, d), cfg.train
     code = Path(__file__).read_text(encoding="utf-8")
-    log(code, console=False)
-    log("=" * 100, console=False)
-    log(environment_report(d), console=False)
+    log("\n".join([code, "=" * 100, environment_report(d)]), console=False)
     log("config:" + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
     if d.master:  # the resolved config, runnable as: train_gpt.py --config <this file> [overrides]
         from omegaconf import OmegaConf
@@ -1331,14 +1337,13 @@ def main(argv: list[str]) -> dict:
     tables = build_byte_tables(cfg.data.tokenizer_path, cfg.model.vocab_size, d.device)
     val_tokens = load_val_tokens(cfg.data.val_files, d.device)
     trainer = Trainer(cfg, d, TrainLoader(cfg.data.train_files, cfg.train, d))
-    model, loader = trainer.model, trainer.loader
-    n_params = sum(p.numel() for p in model.parameters())
+    model, loader, n_params = trainer.model, trainer.loader, sum(p.numel() for p in trainer.model.parameters())
     log(f"model:{cfg.model.preset} layout:{cfg.model.layout} params:{n_params} "
         f"kernel:{resolve_kernel(cfg.model.kernel, d.device)} "
         f"compile:{cfg.train.compile} world_size:{d.world} grad_accum_steps:{loader.accum_steps} "
         f"train_tokens:{loader.stream.total} val_tokens:{val_tokens.numel()}")
-    reserve = tcfg.export_reserve_seconds if cfg.export.enabled and cfg.export.calib_source == "train" else 0.0
-    budget = tcfg.max_wallclock_seconds - reserve
+    budget = tcfg.max_wallclock_seconds - (tcfg.export_reserve_seconds if cfg.export.enabled and
+                                           cfg.export.calib_source == "train" else 0.0)
 
     # Warm-up: compile and autotune on real steps, then restore weights, optimizer state and data position.
     if tcfg.warmup_steps > 0:
@@ -1363,10 +1368,8 @@ def main(argv: list[str]) -> dict:
             log.metrics(f"step:{step}", step, val_loss=result["val_loss"], val_bpb=result["val_bpb"])
             synchronize(d)
             t0 = time.perf_counter()
-        if tcfg.schedule == "steps":
-            progress = step / tcfg.max_steps
-        else:
-            progress = 0.0 if step_avg is None else (checked_time + (step - checked_step) * step_avg) / budget
+        progress = step / tcfg.max_steps if tcfg.schedule == "steps" else 0.0 if step_avg is None else (
+            checked_time + (step - checked_step) * step_avg) / budget
         lr_scale = lr_scale_at(progress, tcfg.warmdown_frac)
         frac = min(step / tcfg.muon_momentum_warmup_steps, 1.0) if tcfg.muon_momentum_warmup_steps else 1.0
         momentum = (1 - frac) * tcfg.muon_momentum_start + frac * tcfg.muon_momentum
@@ -1437,9 +1440,8 @@ def main(argv: list[str]) -> dict:
                    log_path=log.path, artifact_path=None, artifact_sha256=None,
                    code_sha256=hashlib.sha256(code.encode()).hexdigest(), config=dataclasses.asdict(cfg),
                    data_name=cfg.data.name)
-    final_line = f"final_bf16_exact val_loss:{score['val_loss']:.8f} val_bpb:{score['val_bpb']:.8f}"
+    results["final_line"] = final_line = f"final_bf16_exact val_loss:{score['val_loss']:.8f} val_bpb:{score['val_bpb']:.8f}"
     log(final_line)
-    results["final_line"] = final_line
     results_path = os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.results.json")
     if d.master:
         write_json(results_path, results)
@@ -1469,8 +1471,7 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
     path = os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.int{xcfg.matrix_bits}.ptz")
     if d.master:
         blob, sizes = build_artifact(quantized, xcfg.compressors)
-        with open(path + ".tmp", "wb") as f:
-            f.write(blob)
+        Path(path + ".tmp").write_bytes(blob)
         os.replace(path + ".tmp", path)
         log("export_candidates " + " ".join(f"{k}:{v}" for k, v in sorted(sizes.items(), key=lambda kv: kv[1])))
     if d.world > 1:
@@ -1483,8 +1484,7 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
     fresh.to(d.device).set_kernel(resolve_kernel(cfg.model.kernel, d.device))
     q = evaluate(fresh, val_tokens, tables, cfg, d, cfg.eval.modes[:1])[cfg.eval.modes[0]]
     times["roundtrip_eval"] = time.perf_counter() - t
-    bytes_code, bytes_model = len(code.encode()), len(blob)
-    name = f"int{xcfg.matrix_bits}"
+    bytes_code, bytes_model, name = len(code.encode()), len(blob), f"int{xcfg.matrix_bits}"
     log(f"bytes_code:{bytes_code} bytes_model:{bytes_model} bytes_total:{bytes_code + bytes_model}"
         + ("" if bytes_code + bytes_model <= ARTIFACT_LIMIT else
            f" !!! OVER THE {ARTIFACT_LIMIT}-BYTE LIMIT BY {bytes_code + bytes_model - ARTIFACT_LIMIT}: NOT ELIGIBLE !!!"))

@@ -2,7 +2,7 @@
 # One lent-GPU session, steps in the order given:
 #   tests            FLA custom-op parity against the torch reference (tests/test_gpu.py; TESTS_K narrows it)
 #   bench            the short conv alone (scripts/short_conv_bench.py), then bench.py at seq 2048: gdn_hybrid
-#                    (default) vs its path before the fused short conv (fla_conv), with profiles, and attention
+#                    (default) vs its path before GatedDeltaCore (fla_function), with profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            GDN vs attention at equal wallclock: 2 models x 2 seeds x 60 s (sweep.py), with its report
@@ -34,7 +34,7 @@ for step in "$@"; do
              | tail -n 12 | tee $OUT/gpu_tests.log ;;
     bench) python3 scripts/short_conv_bench.py 2>&1 | grep -E "^short_conv|Error"
            python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
-             --profile-dir $OUT --variants "" "gdn_recurrence=fla_conv" 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
+             --profile-dir $OUT --variants "" "gdn_core=fla_function" 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
            python3 bench.py --presets attention --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_attention.json \
              2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     long) python3 bench.py --presets gdn_hybrid attention --seq-lens 4096 8192 --steps 12 --warmup 3 \

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+import bench
 import train_gpt as tg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -16,20 +17,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-KERNELS = ["fla", "fla_conv", "fla_op"]  # train_gpt's path (fused Triton short conv + FLA), then bench.py's variants
+KERNELS = ["fla", "fla_function"]  # train_gpt's path (GatedDeltaCore), then bench.py's earlier path
 
 
 def use_kernel(module, kernel: str) -> None:
     """Point a GatedDeltaNet (or every GDN block of a GPT) at an FLA path."""
     import types
-    import bench
     mixers = [b.mixer for b in module.blocks if b.kind == "G"] if isinstance(module, tg.GPT) else [module]
     for mixer in mixers:
         mixer.kernel = "fla"
-        if kernel in bench.RECURRENCE_VARIANTS:
-            if kernel == "fla_op":
-                bench.register_fla_chunk_op()
-            mixer.recurrence = types.MethodType(bench.RECURRENCE_VARIANTS[kernel], mixer)
+        if kernel in bench.CORE_VARIANTS:
+            mixer.core = types.MethodType(bench.CORE_VARIANTS[kernel], mixer)
 
 
 def gdn_pair(kernel: str, seed: int = 0, **overrides):
@@ -57,7 +55,7 @@ def test_short_conv_kernel_matches_torch(T, with_state):
     for fused in (False, True):
         xi, wi = x.detach().clone().to(torch.bfloat16 if fused else torch.float32).requires_grad_(), w.clone().requires_grad_()
         si = None if state is None else state.clone().requires_grad_()
-        qkv = tg.ShortConvQKV.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
+        qkv = bench.ShortConvFunction.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
         sum((o.float() * g).sum() for o, g in zip(qkv, grads)).backward()
         outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
     for name, fused, ref in zip(["q", "k", "v", "dx", "dw", "dstate"], outs[1], outs[0]):

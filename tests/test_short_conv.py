@@ -1,4 +1,4 @@
-"""The fused Triton short conv (train_gpt.ShortConvQKV) against the plain-torch reference, on CPU through Triton's
+"""The fused Triton short conv (train_gpt.ShortConv, as an autograd Function: bench.ShortConvFunction) against the plain-torch reference, on CPU through Triton's
 interpreter (TRITON_INTERPRET=1, set before Triton is imported, hence a subprocess). The GPU run of the same
 comparison in bf16 is tests/test_gpu.py::test_short_conv_kernel_matches_torch."""
 import json
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = r'''
 import json, sys, torch
 sys.path.insert(0, ".")
-import train_gpt as tg
+import bench, train_gpt as tg
 errors = {}
 for B, T, H, K, V, with_state in json.loads(sys.argv[1]):
     torch.manual_seed(T)
@@ -26,12 +26,20 @@ for B, T, H, K, V, with_state in json.loads(sys.argv[1]):
     for fused in (False, True):
         xi, wi = x.detach().clone().requires_grad_(), w.clone().requires_grad_()
         si = None if state is None else state.clone().requires_grad_()
-        qkv = tg.ShortConvQKV.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
+        qkv = bench.ShortConvFunction.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
         assert not fused or all(t.is_contiguous() for t in qkv)  # FLA's kernels would copy non-contiguous input
         sum((o * g).sum() for o, g in zip(qkv, grads)).backward()
         outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
     for name, a, b in zip(["q", "k", "v", "dx", "dw", "dstate"], *outs):
         errors[f"{B}x{T} H{H} K{K} V{V} state={with_state} {name}"] = ((a - b).norm() / b.norm()).item()
+    # k's gradient in two parts (GatedDeltaCore passes FLA's two dk terms to the kernel unsummed): same results
+    part, dx_whole, dx_parts = torch.rand_like(grads[1]), x.new_empty(x.shape), x.new_empty(x.shape)
+    whole = tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx_whole, True)
+    parts = tg.ShortConv.backward(x, w, state, (H, K, V), [grads[0], grads[1] * part, grads[2]], dx_parts, True,
+                                  grads[1] * (1 - part))
+    for name, a, b in zip(["dx", "dw", "dstate"], [dx_parts, *parts], [dx_whole, *whole]):
+        if b is not None:
+            errors[f"{B}x{T} H{H} K{K} V{V} state={with_state} dk in two parts: {name}"] = ((a - b).norm() / b.norm()).item()
 print(json.dumps(errors))
 '''
 
@@ -48,6 +56,6 @@ def test_short_conv_kernel_matches_torch_in_triton_interpreter(cases):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(errors) == sum(6 if c[5] else 5 for c in cases)
+    assert len(errors) == sum(9 if c[5] else 7 for c in cases)
     bad = {k: v for k, v in errors.items() if not v < 1e-5}
     assert not bad, bad
