@@ -52,7 +52,7 @@ class RandomBatches:
 
 
 class ShortConvFunction(torch.autograd.Function):
-    """train_gpt.ShortConv as an autograd Function of the q|k|v slice alone: the GDN path before GatedDeltaCore
+    """train_gpt.ShortConv as an autograd Function of the q|k|v slice alone: the GDN path before gdn_core_fwd
     (variant gdn_core=fla_function) and the kernel's parity tests."""
 
     @staticmethod
@@ -71,7 +71,7 @@ class ShortConvFunction(torch.autograd.Function):
 
 @torch.compiler.disable  # eager, a graph break as in train_gpt's path
 def fla_function_core(self, P, state, want_state):
-    """The variant gdn_core=fla_function (train_gpt's path before GatedDeltaCore): the Triton short conv as its own
+    """The variant gdn_core=fla_function (train_gpt's path before its gdn_core_fwd op): the Triton short conv as its own
     autograd Function, then FLA's chunk_gated_delta_rule Function, which recomputes the WY factors and the chunk
     states in its backward; autograd concatenates the pieces of P's gradient."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -87,7 +87,13 @@ def fla_function_core(self, P, state, want_state):
     return o, (tg.conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
 
 
-CORE_VARIANTS = {"fla_function": fla_function_core}
+def graph_break_core(self, P, state, want_state):
+    """The variant gdn_core=graph_break: train_gpt's own op, called outside the compiled graph (as before it was a
+    custom op), so each GDN block compiles as two graphs around an eager call."""
+    return torch.compiler.disable(tg.GatedDeltaNet.core)(self, P, state, want_state)
+
+
+CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
 
 def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
@@ -150,9 +156,11 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
     for block in trainer.model.blocks if variant else []:
         if block.kind == "G":
             block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # compilation and autotuning (caches on disk from earlier cases may shorten it)
         trainer.train_step(1.0, 0.95, False)
     tg.synchronize(d)
+    warmup_s = time.perf_counter() - t0
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
@@ -175,7 +183,7 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
     tok_s = tokens / (ms / 1000)
     return dict(preset=preset, layout=cfg.model.layout, seq_len=seq_len, tokens_per_step=tokens,
                 params=sum(p.numel() for p in trainer.model.parameters()), ms_per_step=ms,
-                ms_spread=[min(times_ms), max(times_ms)], tok_per_s=tok_s, peak_mem_mib=tg.peak_memory_mib(d),
+                ms_spread=[min(times_ms), max(times_ms)], warmup_s=warmup_s, tok_per_s=tok_s, peak_mem_mib=tg.peak_memory_mib(d),
                 flops_per_token=flops, mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
 
 
@@ -214,7 +222,8 @@ def main() -> None:
         r = rows[-1]
         r["variant"] = variant
         print(f"bench preset:{preset} seq_len:{seq_len} variant:{variant or '-'} tok/s:{r['tok_per_s']:.0f} "
-              f"ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} mfu:{100 * r['mfu']:.1f}%", flush=True)
+              f"ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} mfu:{100 * r['mfu']:.1f}% "
+              f"warmup_s:{r['warmup_s']:.1f}", flush=True)
         torch._dynamo.reset()
         if d.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -2,7 +2,7 @@
 # One lent-GPU session, steps in the order given:
 #   tests            FLA custom-op parity against the torch reference (tests/test_gpu.py; TESTS_K narrows it)
 #   bench            the short conv alone (scripts/short_conv_bench.py), then bench.py at seq 2048: gdn_hybrid
-#                    (default) vs its path before GatedDeltaCore (fla_function), with profiles, and attention
+#                    (default) vs its path before the gdn_core ops (fla_function), with profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            GDN vs attention at equal wallclock: 2 models x 2 seeds x 60 s (sweep.py), with its report

@@ -17,7 +17,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-KERNELS = ["fla", "fla_function"]  # train_gpt's path (GatedDeltaCore), then bench.py's earlier path
+KERNELS = ["fla", "fla_function"]  # train_gpt's path (the gdn_core_fwd op), then bench.py's earlier path
 
 
 def use_kernel(module, kernel: str) -> None:
@@ -60,6 +60,30 @@ def test_short_conv_kernel_matches_torch(T, with_state):
         outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
     for name, fused, ref in zip(["q", "k", "v", "dx", "dw", "dstate"], outs[1], outs[0]):
         assert rel_err(fused, ref) < 1e-2, name
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gdn_core_op_passes_opcheck(with_state):
+    """torch.library.opcheck on the forward and backward ops: the fake functions match the real outputs (shapes,
+    dtypes, strides), the autograd registration is sound, and AOT compilation (dynamic shapes) matches eager."""
+    pytest.importorskip("fla")
+    torch.manual_seed(3)
+    H, K, V, B, T, W = 8, 64, 64, 2, 200, 4
+    D = 2 * H * K + H * V
+    P = (torch.randn(B, T, D + 2 * H, device="cuda") * 0.5).bfloat16().requires_grad_()
+    conv_weight = (torch.randn(D, W, device="cuda") * 0.5).requires_grad_()
+    A_log, dt_bias = torch.rand(H, device="cuda").requires_grad_(), (torch.rand(H, device="cuda") - 2).requires_grad_()
+    conv_state = (torch.randn(B, D, W, device="cuda") * 0.5).bfloat16().requires_grad_() if with_state else None
+    S0 = (torch.randn(B, H, K, V, device="cuda") * 0.1).requires_grad_() if with_state else None
+    args = (P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, 64, with_state)
+    torch.library.opcheck(tg.gdn_core_fwd, args)
+    with torch.no_grad():
+        saved = tg.gdn_core_fwd(*args)[2:]
+    do, dS = torch.randn(B, T, H, V, device="cuda").bfloat16(), torch.randn(B, H, K, V, device="cuda") if with_state else None
+    kept = [P.detach(), conv_weight.detach(), A_log.detach(), dt_bias.detach(), *saved]
+    torch.library.opcheck(tg.gdn_core_bwd, (do, dS, kept, None if conv_state is None else conv_state.detach(),
+                                            None if S0 is None else S0.detach(), H, K, V, 64, with_state),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -32,7 +32,7 @@ for B, T, H, K, V, with_state in json.loads(sys.argv[1]):
         outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
     for name, a, b in zip(["q", "k", "v", "dx", "dw", "dstate"], *outs):
         errors[f"{B}x{T} H{H} K{K} V{V} state={with_state} {name}"] = ((a - b).norm() / b.norm()).item()
-    # k's gradient in two parts (GatedDeltaCore passes FLA's two dk terms to the kernel unsummed): same results
+    # k's gradient in two parts (gdn_core_bwd passes FLA's two dk terms to the kernel unsummed): same results
     part, dx_whole, dx_parts = torch.rand_like(grads[1]), x.new_empty(x.shape), x.new_empty(x.shape)
     whole = tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx_whole, True)
     parts = tg.ShortConv.backward(x, w, state, (H, K, V), [grads[0], grads[1] * part, grads[2]], dx_parts, True,
