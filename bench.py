@@ -87,10 +87,9 @@ def fla_function_core(self, P, state, want_state):
     return o, (tg.conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
 
 
-def graph_break_core(self, P, state, want_state):
-    """The variant gdn_core=graph_break: train_gpt's own op, called outside the compiled graph (as before it was a
-    custom op), so each GDN block compiles as two graphs around an eager call."""
-    return torch.compiler.disable(tg.GatedDeltaNet.core)(self, P, state, want_state)
+# The variant gdn_core=graph_break: train_gpt's own op, called outside the compiled graph (as before it was a custom
+# op), so each GDN block compiles as two graphs around an eager call. Wrapped once, not on every call.
+graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 
 CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
