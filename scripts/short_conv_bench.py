@@ -1,6 +1,9 @@
 """The GDN short conv alone, forward + backward, at the trainer's shape (CUDA events, median of 50 after warm-up):
-FLA's causal_conv1d + split copies + FLA's L2 norm (train_gpt's path before the fused kernel) against
-train_gpt.ShortConv (through bench.ShortConvFunction) at several tile settings. Random bf16 inputs.   python scripts/short_conv_bench.py"""
+FLA's causal_conv1d + split copies + FLA's L2 norm against train_gpt.ShortConv at several tile settings of its dx/dw
+kernel, and optionally another version of train_gpt.py (--compare FILE, e.g. an older commit's copy) in the same
+process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py]"""
+import argparse
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -8,7 +11,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bench  # noqa: E402
 import train_gpt as tg  # noqa: E402
 
 
@@ -25,38 +27,52 @@ def time_ms(fn, reps: int = 50) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", type=Path, help="another train_gpt.py whose ShortConv is timed beside this one")
+    args = parser.parse_args()
     from fla.modules.convolution import causal_conv1d
     from fla.modules.norm.l2norm import l2norm
     B, T, H, K, V, W = 48, 2048, 8, 64, 64, 4
     D = 2 * H * K + H * V
-    proj = torch.randn(B, T, D + 2 * H + H * V, device="cuda", dtype=torch.bfloat16)  # q|k|v|gate|a|b as in the model
-    x = proj[..., :D].detach().requires_grad_()
-    w = (torch.randn(D, W, device="cuda") * 0.5).requires_grad_()
+    proj = torch.randn(B, T, D + 2 * H, device="cuda", dtype=torch.bfloat16)  # q|k|v|a|b as in the model
+    x = proj[..., :D]
+    w = torch.randn(D, W, device="cuda") * 0.5
     grads = [torch.randn(B, T, H, n, device="cuda", dtype=torch.bfloat16) for n in (K, K, V)]
+    dk2, dx = torch.randn_like(grads[1]), torch.empty_like(proj)[..., :D]  # FLA's second dk term; dx a column slice
 
     def fla_path():
-        y, _ = causal_conv1d(x, w.to(x.dtype), activation="silu")
+        xr = x.detach().requires_grad_()
+        y, _ = causal_conv1d(xr, w.to(x.dtype), activation="silu")
         q, k, v = y.split([H * K, H * K, H * V], dim=-1)
         outs = (l2norm(q.reshape(B, T, H, K).contiguous()), l2norm(k.reshape(B, T, H, K).contiguous()),
                 v.reshape(B, T, H, V).contiguous())
-        torch.autograd.backward(outs, grads)
+        torch.autograd.backward(outs, [grads[0], grads[1] + dk2, grads[2]])
 
-    def fused():
-        torch.autograd.backward(bench.ShortConvFunction.apply(x, w, None, (H, K, V)), grads)
+    def harness(conv):  # the trainer's calls: forward, then backward from the kept input with both dk terms
+        return lambda: (conv.forward(x, w, None, (H, K, V)), conv.backward(x, w, None, (H, K, V), grads, dx, False, dk2))
 
     gb = 2 * B * T * D * 2 / 1e9  # one read of x and one write of q|k|v, bf16
     print(f"short_conv B={B} T={T} D={D}: bytes of one x read + one q|k|v write = {gb:.2f} GB")
     print(f"short_conv fla (conv + copies + l2norm) fwd+bwd: {time_ms(fla_path):.3f} ms")
-    best = (float("inf"), None)
-    for rows, tiles, warps in [(32, 8, 2), (64, 4, 4), (32, 16, 4), (64, 8, 4), (16, 16, 2), (128, 2, 4)]:
-        tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = rows, tiles, warps
-        ms = time_ms(fused)
-        best = min(best, (ms, (rows, tiles, warps)))
-        print(f"short_conv fused dx/dw rows={rows} tiles={tiles} warps={warps} fwd+bwd: {ms:.3f} ms")
+    if args.compare:
+        spec = importlib.util.spec_from_file_location("compared_train_gpt", args.compare)
+        other = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(other)
+        print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms")
+    best, state = (float("inf"), None), torch.randn(B, D, W, device="cuda")
+    for setting in [(32, 8, 2), (64, 4, 4), (32, 16, 4), (64, 8, 4), (16, 16, 2), (128, 2, 4)]:
+        tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = setting
+        try:  # the backward with a carried state must compile at this setting too
+            tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx, True, dk2)
+            ms = time_ms(harness(tg.ShortConv))
+        except Exception as error:  # noqa: BLE001 (a setting out of the GPU's resources is reported, not fatal)
+            print(f"short_conv dx/dw rows,tiles,warps={setting}: {type(error).__name__}: {str(error)[:200]}")
+            continue
+        best = min(best, (ms, setting))
+        print(f"short_conv dx/dw rows,tiles,warps={setting} fwd+bwd: {ms:.3f} ms")
     print(f"short_conv best dx/dw tiles: {best[1]}")
     tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = best[1]
-    with torch.no_grad():
-        print(f"short_conv fused forward only: {time_ms(lambda: bench.ShortConvFunction.apply(x, w, None, (H, K, V))):.3f} ms")
+    print(f"short_conv forward only: {time_ms(lambda: tg.ShortConv.forward(x, w, None, (H, K, V))):.3f} ms")
 
 
 if __name__ == "__main__":

@@ -137,9 +137,11 @@ def test_gdn_initial_state_gradient_fla_matches_torch(kernel):
     assert rel_err(grads[1], grads[0]) < 5e-2
 
 
-@pytest.mark.parametrize("preset,kernel", [("gdn_hybrid", k) for k in KERNELS] + [("attention", "fla")])
-def test_full_model_compiled_fla_matches_eager_torch(preset, kernel):
-    """The whole model: compiled + FLA + bf16 (the training path) against eager torch kernels in fp32."""
+@pytest.mark.parametrize("preset,kernel,mode", [("gdn_hybrid", "fla", "whole"), ("gdn_hybrid", "fla", "regions"),
+                                               ("gdn_hybrid", "fla_function", "regions"), ("attention", "fla", "whole")])
+def test_full_model_compiled_fla_matches_eager_torch(preset, kernel, mode):
+    """The whole model: compiled (train.compile=whole, the default on CUDA, or regions) + FLA + bf16 (the training
+    path) against eager torch kernels in fp32."""
     cfg = tg.load_config([f"model={preset}", "export=none"]).model
     torch.manual_seed(0)
     ref = tg.GPT(cfg).cuda()
@@ -152,7 +154,7 @@ def test_full_model_compiled_fla_matches_eager_torch(preset, kernel):
     y = torch.randint(1, 8192, (4, 1024), device="cuda")
     loss_ref = ref(x, y)
     loss_ref.backward()
-    fast.compile_regions()  # the trainer's compile path
+    fast.compile_regions() if mode == "regions" else fast.compile()  # the trainer's two compile paths
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss_fast = fast(x, y)
     loss_fast.backward()
