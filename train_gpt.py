@@ -478,11 +478,11 @@ if triton is not None:
                 tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
 
     @triton.jit
-    def short_conv_dx_kernel(du, x, w, s0, dx, dw_part, T, sxb, sxt, sdb, sdt, D, TILES: tl.constexpr, W: tl.constexpr,
-                             BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr):
-        """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m] and
-        tap W-1-m of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (one more, of carried rows < 0, for the
-        first with a state); its dw goes to dw_part, summed by the caller. dx may be a column slice (strides sdb, sdt)."""
+    def short_conv_dx_kernel(du, x, w, s0, dx, ds, dw_part, T, sxb, sxt, sdb, sdt, D, TILES: tl.constexpr, W: tl.constexpr,
+                             BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr, WANT_DSTATE: tl.constexpr):
+        """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m], tap W-1-m
+        of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (+1 of carried rows < 0 for the first with a state:
+        their dx is the state's gradient ds); dw goes to dw_part, summed by the caller. dx: a column slice (sdb, sdt)."""
         i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         c, taps = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)
         dw = tl.zeros((BD, BW), tl.float32)
@@ -496,6 +496,8 @@ if triton is not None:
                 dw += tl.sum(g * xs, 0)[:, None] * (taps == W - 1 - m)[None, :]
             tl.store(dx + i_b * sdb + rows[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty),
                      mask=((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :])
+            if WANT_DSTATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
+                tl.store(ds + i_b * D * W + c[None, :] * W + (W + rows)[:, None], acc, mask=((rows < 0) & (rows > -W))[:, None] & (c < D)[None, :])
         part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
         tl.store(part + c[:, None] * W + taps[None, :], dw, mask=(c < D)[:, None] & (taps < W)[None, :])
 
@@ -530,13 +532,11 @@ class ShortConv:
         ShortConv.conv_pass(x, weight, state, dims, grads, du, None if dk2 is None else dk2.contiguous())
         splits = triton.cdiv(triton.cdiv(T, rows), tiles)
         dw_part = torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
+        dstate = x.new_zeros(B, D, W, dtype=torch.float32) if state is not None and want_dstate else None  # slot 0: 0
         short_conv_dx_kernel[(triton.cdiv(D, 64), splits, B)](
-            du, x, weight, x if state is None else state, dx, dw_part, T, x.stride(0), x.stride(1), dx.stride(0),
-            dx.stride(1), D, TILES=tiles, W=W, BW=triton.next_power_of_2(W), BT=rows, BD=64,
-            HAS_STATE=state is not None, num_warps=ShortConv.DX_WARPS)
-        dstate = torch.zeros_like(state, dtype=torch.float32) if state is not None and want_dstate else None
-        for p, j in [(p, j) for p in range(W - 1) for j in range(max(0, p - T + 1), p + 1)] if dstate is not None else []:
-            dstate[..., p + 1] += du[:, p - j].float() * weight[:, j].float()  # state slot p + 1 feeds row p - j, tap j
+            du, x, weight, x if state is None else state, dx, dw_part if dstate is None else dstate, dw_part, T,
+            x.stride(0), x.stride(1), dx.stride(0), dx.stride(1), D, TILES=tiles, W=W, BW=triton.next_power_of_2(W),
+            BT=rows, BD=64, HAS_STATE=state is not None, WANT_DSTATE=dstate is not None, num_warps=ShortConv.DX_WARPS)
         return dw_part.sum(0).to(weight.dtype), None if dstate is None else dstate.to(state.dtype)
 
 def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, chunk_size: int = 64):
