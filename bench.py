@@ -200,13 +200,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
                              "(see CORE_VARIANTS), e.g. --variants '' gdn_core=fla_function")
-    parser.add_argument("--short-conv-dx", default="", metavar="ROWS,TILES,WARPS",
-                        help="dx/dw kernel tile setting of train_gpt.ShortConv (tuning; see scripts/short_conv_bench.py)")
+    parser.add_argument("--short-conv-tiles", default="", metavar="ROWS,DX_ROWS,DX_TILES,DX_WARPS",
+                        help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
-    if args.short_conv_dx:
-        tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, args.short_conv_dx.split(","))
+    if args.short_conv_tiles:
+        values = args.short_conv_tiles.split(",")
+        if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
+            parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected four positive integers "
+                         "ROWS,DX_ROWS,DX_TILES,DX_WARPS, e.g. 64,32,8,2")
+        tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, values)
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

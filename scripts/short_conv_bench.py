@@ -1,6 +1,6 @@
 """The GDN short conv alone, forward + backward, at the trainer's shape (CUDA events, median of 50 after warm-up):
-FLA's causal_conv1d + split copies + FLA's L2 norm against train_gpt.ShortConv at several tile settings of its dx/dw
-kernel, and optionally another version of train_gpt.py (--compare FILE, e.g. an older commit's copy) in the same
+FLA's causal_conv1d + split copies + FLA's L2 norm against train_gpt.ShortConv at several tile settings of its
+kernels, and optionally another version of train_gpt.py (--compare FILE, e.g. an older commit's copy) in the same
 process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py]"""
 import argparse
 import importlib.util
@@ -60,18 +60,19 @@ def main() -> None:
         spec.loader.exec_module(other)
         print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms")
     best, state = (float("inf"), None), torch.randn(B, D, W, device="cuda")
-    for setting in [(32, 8, 2), (64, 4, 4), (32, 16, 4), (64, 8, 4), (16, 16, 2), (128, 2, 4)]:
-        tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = setting
+    dx_settings = [(32, 8, 2), (64, 4, 4), (32, 16, 4), (16, 16, 2), (128, 2, 4), (64, 1, 4), (128, 1, 8), (32, 2, 2)]
+    for setting in [(rows, *dx) for rows in (64, 128) for dx in dx_settings]:
+        tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = setting
         try:  # the backward with a carried state must compile at this setting too
             tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx, True, dk2)
             ms = time_ms(harness(tg.ShortConv))
         except Exception as error:  # noqa: BLE001 (a setting out of the GPU's resources is reported, not fatal)
-            print(f"short_conv dx/dw rows,tiles,warps={setting}: {type(error).__name__}: {str(error)[:200]}")
+            print(f"short_conv rows,dx_rows,dx_tiles,dx_warps={setting}: {type(error).__name__}: {str(error)[:200]}")
             continue
         best = min(best, (ms, setting))
-        print(f"short_conv dx/dw rows,tiles,warps={setting} fwd+bwd: {ms:.3f} ms")
-    print(f"short_conv best dx/dw tiles: {best[1]}")
-    tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = best[1]
+        print(f"short_conv rows,dx_rows,dx_tiles,dx_warps={setting} fwd+bwd: {ms:.3f} ms")
+    print(f"short_conv best rows,dx_rows,dx_tiles,dx_warps: {best[1]}")
+    tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = best[1]
     print(f"short_conv forward only: {time_ms(lambda: tg.ShortConv.forward(x, w, None, (H, K, V))):.3f} ms")
 
 

@@ -19,3 +19,10 @@ def test_bench_cpu_smoke_reports_every_case(tmp_path):
         assert r["tok_per_s"] > 0 and r["ms_per_step"] > 0 and r["flops_per_token"]["matmul"] > 0
     assert rows[0]["flops_per_token"]["gdn"] > 0 and rows[1]["flops_per_token"]["gdn"] == 0
     assert "| gdn_hybrid | 64 |" in proc.stdout
+
+
+def test_bench_rejects_a_malformed_short_conv_tile_setting():
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--short-conv-tiles", "64,32,8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--short-conv-tiles '64,32,8': expected four positive integers" in proc.stderr
