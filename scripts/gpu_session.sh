@@ -4,6 +4,7 @@
 #   bench            the short conv alone (scripts/short_conv_bench.py), then bench.py at seq 2048: gdn_hybrid
 #                    (default) vs its path before the gdn_core ops (fla_function), with profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
+#   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            GDN vs attention at equal wallclock: 2 models x 2 seeds x 60 s (sweep.py), with its report
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
@@ -39,6 +40,12 @@ for step in "$@"; do
              2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     long) python3 bench.py --presets gdn_hybrid attention --seq-lens 4096 8192 --steps 12 --warmup 3 \
             --out $OUT/bench_long.json 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+    warmup) n=0  # fresh cache directories: cold starts (carry no .corpus, or the shard build competes for the CPU)
+            for run in gdn_hybrid:/tmp/warmup_hybrid gdn_hybrid:/tmp/warmup_hybrid attention:/tmp/warmup_attention; do
+              n=$((n + 1))
+              python3 scripts/warmup_profile.py --preset ${run%%:*} --cache-dir ${run#*:} > $OUT/warmup_$n.log 2>&1
+              grep -E "^warmup|Error" $OUT/warmup_$n.log
+            done ;;
     record:*) wait $build; m=${step#record:}
       torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \
