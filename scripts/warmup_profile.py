@@ -15,14 +15,14 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", required=True, type=Path, help="Triton and inductor caches go here")
     parser.add_argument("--preset", default="gdn_hybrid")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--compiled-steps", type=int, default=5)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU (torch kernels, inductor's C++)")
     args = parser.parse_args()
-    cold = not args.cache_dir.exists()
+    cold = not any(args.cache_dir.glob("*/*"))  # nothing cached yet in its triton/ or inductor/ directory
     # before torch and Triton are imported: they read these once
     os.environ["TRITON_CACHE_DIR"] = str(args.cache_dir / "triton")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_dir / "inductor")
