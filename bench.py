@@ -146,12 +146,18 @@ def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
         f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
 
 
+def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], d: tg.Dist) -> tg.Trainer:
+    """train_gpt's own Trainer for one preset, `tokens` per step in one micro-batch, on random tokens."""
+    cfg = tg.load_config([f"model={preset}", "export=none", f"train.seq_len={seq_len}", f"train.global_batch_tokens={tokens}",
+                          f"train.micro_batch_seqs={tokens // seq_len}"] + overrides)
+    return tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
+
+
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "") -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
-    cfg = tg.load_config([f"model={preset}", "export=none", f"train.seq_len={seq_len}", f"train.global_batch_tokens={tokens}",
-                          f"train.micro_batch_seqs={tokens // seq_len}"] + [o for o in extra if not o.startswith("gdn_core=")])
-    trainer = tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
+    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith("gdn_core=")], d)
+    cfg = trainer.cfg
     for block in trainer.model.blocks if variant else []:
         if block.kind == "G":
             block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)

@@ -682,7 +682,7 @@ class GatedDeltaNet(nn.Module):
             o, S = gdn_core_fwd(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, self.chunk_size,
                                 want_state)[:2]  # S is empty unless want_state
             W = conv_weight.shape[1]
-            return o, conv_window(P[..., :-2 * H], conv_state, W)[:, -W:].mT.contiguous() if want_state else None, S
+            return o, conv_window(P[:, -W:, :-2 * H], conv_state, W)[:, -W:].mT.contiguous() if want_state else None, S
         qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
         q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, (H, K, Vh))
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())

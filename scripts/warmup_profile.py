@@ -29,7 +29,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
     import train_gpt as tg
-    from bench import RandomBatches
+    from bench import build_trainer
 
     d = tg.init_distributed()
     if d.device.type != "cuda" and not args.cpu_smoke:
@@ -38,10 +38,7 @@ def main() -> None:
     tokens, smoke = (512, ["budget=cpu_smoke", "model.vocab_size=512", "model.layout=GA"]) if args.cpu_smoke else (98304, [])
 
     def trainer(compile_mode: str) -> tg.Trainer:
-        cfg = tg.load_config([f"model={args.preset}", "export=none", f"train.seq_len={args.seq_len}",
-                              f"train.global_batch_tokens={tokens}", f"train.micro_batch_seqs={tokens // args.seq_len}",
-                              f"train.compile={compile_mode}"] + smoke)
-        return tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
+        return build_trainer(args.preset, args.seq_len, tokens, [f"train.compile={compile_mode}"] + smoke, d)
 
     def timed_step(t: tg.Trainer) -> float:
         t0 = time.perf_counter()
