@@ -21,7 +21,7 @@ triton = importlib.import_module("triton") if importlib.util.find_spec("triton")
 tl = triton.language if triton else None
 
 # ----------------------------------------------------------------------------------------------------
-# HYPERPARAMETERS: one validated dataclass tree; a misspelled key is an error that lists the valid keys.
+# HYPERPARAMETERS: one validated dataclass tree; a misspelled key lists the valid keys, a bad number its range.
 
 @dataclass
 class ModelConfig:
@@ -126,6 +126,13 @@ COMPRESSORS = {"brotli": "brotli", "lzma": "lzma", "zstd": "zstandard"}  # name 
 CHOICES = {"model.kernel": ("auto", "fla", "torch"), "train.schedule": ("wallclock", "steps"),
            "train.compile": ("auto", "regions", "whole", "off"), "export.calib_source": ("train", "self"),
            "run.wandb_mode": ("disabled", "offline", "online")}
+RANGES = {"> 0": (lambda v: v > 0, "model.vocab_size model.model_dim model.num_heads model.num_kv_heads model.mlp_mult "
+                  "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.conv_size model.chunk_size model.rope_base "
+                  "model.logit_softcap train.seq_len train.global_batch_tokens train.micro_batch_seqs train.muon_ns_steps "
+                  "train.adam_eps train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block "
+                  "export.calib_seqs"), "in [0, 1)": (lambda v: 0 <= v < 1, "train.muon_momentum train.muon_momentum_start "
+                  "train.adam_beta1 train.adam_beta2 train.ema_decay"), "in [0, 1]": (lambda v: 0 <= v <= 1, "train.warmdown_frac"),
+          "in 2..8": (lambda v: 2 <= v <= 8, "export.matrix_bits export.embed_bits"), ">= 0": (lambda v: v >= 0, "")}
 
 def config_from_dict(cls, d: dict, where: str = ""):
     """Build a dataclass from a nested dict, rejecting unknown keys and wrongly typed values."""
@@ -150,6 +157,9 @@ def config_from_dict(cls, d: dict, where: str = ""):
             raise ValueError(f"config {key}: expected {expected.__name__}, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ValueError(f"config {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+        rule = next((r for r, (_, keys) in RANGES.items() if key in keys.split()), ">= 0")  # any other number but the seed
+        if expected in (int, float) and key != "train.seed" and not RANGES[rule][0](value):
+            raise ValueError(f"config {key}: {value!r} must be {rule}")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -230,8 +240,7 @@ class Dist:
     master = property(lambda self: self.rank == 0)
 
 def init_distributed() -> Dist:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world, local_rank = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -275,8 +284,7 @@ class Logger:
         if self.d.master:
             if console:
                 print(msg, flush=True)
-            self.file.write(msg + "\n")
-            self.file.flush()
+            print(msg, file=self.file, flush=True)
 
     def metrics(self, head: str, step: int | None = None, **values) -> None:
         self(" ".join([head] * bool(head) + [f"{k}:{v:.8f}" if isinstance(v, float) and k.startswith(("val_", "entropy"))
@@ -331,8 +339,7 @@ def read_shard_header(path: str) -> int:
         raise ValueError(f"shard {path}: bad magic {header[0]} (expected {SHARD_MAGIC}); not a challenge shard")
     if header[1] != SHARD_VERSION:
         raise ValueError(f"shard {path}: unsupported version {header[1]} (expected {SHARD_VERSION})")
-    num_tokens = int(header[2])
-    expected = SHARD_HEADER_WORDS * 4 + 2 * num_tokens
+    num_tokens, expected = int(header[2]), SHARD_HEADER_WORDS * 4 + 2 * int(header[2])
     if num_tokens < 0 or size != expected:
         raise ValueError(f"shard {path}: header says {num_tokens} tokens, so {expected} bytes, "
                          f"but the file has {size} bytes (truncated or corrupt)")
@@ -778,8 +785,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.cfg, self.embed = cfg, nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.embed.weight, std=cfg.tied_embed_init_std)
         self.blocks = nn.ModuleList(Block(kind, cfg) for kind in cfg.layout)
         self.num_skips = len(cfg.layout) // 2 if cfg.unet_skips else 0
@@ -915,8 +921,7 @@ def grad_category(name: str, layout: str) -> tuple[str, str]:
 def split_gradient(named_grads: list[tuple[str, torch.Tensor]], categorize) -> dict:
     """Squared-norm shares of the total gradient by type, by sub-group and per block; one host sync."""
     sq = torch.stack([g.detach().float().pow(2).sum() for _, g in named_grads]).double().cpu().tolist()
-    total = sum(sq) or 1.0
-    out = {"total_norm": math.sqrt(sum(sq)), "type": {}, "group": {}, "block": {}}
+    total, out = sum(sq) or 1.0, {"total_norm": math.sqrt(sum(sq)), "type": {}, "group": {}, "block": {}}
     for (name, _), s in zip(named_grads, sq):
         kind, group = categorize(name)
         out["type"][kind] = out["type"].get(kind, 0.0) + s / total
@@ -974,8 +979,7 @@ def eval_windows(model, tokens, tables, windows: list[tuple[int, int, int]], bat
     for i in range(0, len(mine), batch_seqs):
         for length in sorted({w[1] for w in mine[i:i + batch_seqs]}):
             group = [w for w in mine[i:i + batch_seqs] if w[1] == length]
-            x = torch.stack([tokens[s:s + length] for s, _, _ in group])
-            y = torch.stack([tokens[s + 1:s + length + 1] for s, _, _ in group])
+            x, y = (torch.stack([tokens[s + shift:s + shift + length] for s, _, _ in group]) for shift in (0, 1))
             first = torch.tensor([f for _, _, f in group], device=x.device)
             with autocast(d):
                 acc.add(model(x, y, reduction="none"), x, y, tables, torch.arange(length, device=x.device) >= first[:, None])
@@ -1093,8 +1097,7 @@ def collect_hessians(model: GPT, batches, names, d: Dist) -> dict[str, torch.Ten
 
 def sdclip_scale(W: torch.Tensor, bits: int, clip_k: float) -> torch.Tensor:
     """Per-row step size k * std(row) / maxq, rounded to the fp16 it is stored as."""
-    maxq = 2 ** (bits - 1) - 1
-    return (clip_k * W.float().std(dim=1) / maxq).clamp(min=1e-6).half().float()
+    return (clip_k * W.float().std(dim=1) / (2 ** (bits - 1) - 1)).clamp(min=1e-6).half().float()
 
 def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01,
                   act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1114,8 +1117,7 @@ def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_k: float, bl
             break
     else:
         raise RuntimeError("GPTQ: the Hessian stays singular even with 1000x damping")
-    Hinv = Hinv.float()
-    Q = torch.zeros_like(W, dtype=torch.int8)
+    Hinv, Q = Hinv.float(), torch.zeros_like(W, dtype=torch.int8)
     for i1 in range(0, W.size(1), block):
         i2 = min(i1 + block, W.size(1))
         W1, Hinv1, err = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2], torch.zeros_like(W[:, i1:i2])
@@ -1155,8 +1157,7 @@ def serialize(quantized: dict, packed: bool) -> bytes:
             header.append(dict(name=name, kind="int", shape=list(q.shape), bits=bits, packed=packed,
                                sizes=[len(data), len(segments[-1])]))
         else:
-            data = shuffle_bytes(entry[1].detach().float().cpu().numpy().reshape(-1))
-            segments.append(data)
+            segments.append(data := shuffle_bytes(entry[1].detach().float().cpu().numpy().reshape(-1)))
             header.append(dict(name=name, kind="fp16", shape=list(entry[1].shape), sizes=[len(data)]))
     head = json.dumps(header).encode()
     return len(head).to_bytes(4, "little") + head + b"".join(segments)
@@ -1320,8 +1321,7 @@ class Trainer:
             torch._foreach_copy_(self.params, self.ema)
 
 def main(argv: list[str]) -> dict:
-    cfg = load_config(argv)
-    d = init_distributed()
+    cfg, d = load_config(argv), init_distributed()
     if not cfg.run.run_id:  # made on rank 0, shared with all
         box = [time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]]
         if d.world > 1:

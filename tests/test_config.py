@@ -1,4 +1,5 @@
 """Config composition with Hydra's compose API and the validated dataclass."""
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,41 @@ def test_misspelled_key_lists_valid_keys():
 def test_bad_values_are_rejected(override, message):
     with pytest.raises(ValueError, match=message):
         tg.load_config([override])
+
+
+def numeric_keys():
+    cfg = tg.Config()
+    return [f"{sec}.{f.name}" for sec in ("model", "train", "eval", "export") for f in tg.dataclasses.fields(getattr(cfg, sec))
+            if type(getattr(getattr(cfg, sec), f.name)) in (int, float)]
+
+
+def test_numbers_out_of_range_are_rejected_naming_key_and_range():
+    """Every numeric key has a range: > 0, in [0, 1), in [0, 1], in 2..8 or (all others but the seed) >= 0. The value just
+    outside it is an error naming the key and the range; the value at its edge and every default are accepted."""
+    rules = {k: rule for rule, (_, keys) in tg.RANGES.items() for k in keys.split()}
+    assert set(rules) < set(numeric_keys())  # no rule names a key that does not exist
+    for key in ("model.conv_size", "model.chunk_size", "model.gdn_heads", "train.seq_len", "train.micro_batch_seqs",
+                "train.log_every", "eval.batch_seqs", "export.gptq_block"):  # zero would divide by zero or build nothing
+        assert rules[key] == "> 0", key
+    assert rules["export.matrix_bits"] == rules["export.embed_bits"] == "in 2..8"  # 9+ bits overflow the uint8 packing
+    outside = {"> 0": 0, "in [0, 1)": 1, "in [0, 1]": 1.5, "in 2..8": 9, ">= 0": -1}
+    edge = {"> 0": 1, "in [0, 1)": 0, "in [0, 1]": 1, "in 2..8": 2, ">= 0": 0}
+    checked = 0
+    for key in numeric_keys():
+        if key == "train.seed":
+            assert tg.config_from_dict(tg.Config, {"train": {"seed": -5}}).train.seed == -5
+            continue
+        section, name = key.split(".")
+        rule = rules.get(key, ">= 0")
+        with pytest.raises(ValueError, match=f"config {key}: .* must be {re.escape(rule)}$"):
+            tg.config_from_dict(tg.Config, {section: {name: outside[rule]}})
+        tg.config_from_dict(tg.Config, {section: {name: edge[rule]}})
+        checked += 1
+    assert checked == len(numeric_keys()) - 1 >= 40
+    with pytest.raises(ValueError, match="config export.matrix_bits: 1 must be in 2..8"):
+        tg.load_config(["export.matrix_bits=1"])  # through Hydra's overrides too
+    with pytest.raises(ValueError, match="config train.seq_len: 0 must be > 0"):
+        tg.load_config(["train.seq_len=0"])  # was a ZeroDivisionError
 
 
 def test_wrong_type_is_rejected():
