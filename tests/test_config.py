@@ -74,6 +74,7 @@ def test_numbers_out_of_range_are_rejected_naming_key_and_range():
         tg.config_from_dict(tg.Config, {section: {name: edge[rule]}})
         checked += 1
     assert checked == len(numeric_keys()) - 1 >= 40
+    assert tg.config_from_dict(tg.Config, tg.dataclasses.asdict(tg.Config())) == tg.Config()  # every default in range
     with pytest.raises(ValueError, match="config export.matrix_bits: 1 must be in 2..8"):
         tg.load_config(["export.matrix_bits=1"])  # through Hydra's overrides too
     with pytest.raises(ValueError, match="config train.seq_len: 0 must be > 0"):
