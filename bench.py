@@ -95,6 +95,11 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
 
+def set_short_conv_tiles(setting) -> None:
+    """train_gpt.ShortConv's tile setting (ROWS, DX_ROWS, DX_TILES, DX_WARPS), as scripts/short_conv_bench.py prints it."""
+    tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, setting)
+
+
 def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
     model = tg.GPT(m)
     matmul = sum(p.numel() for n, p in model.named_parameters() if tg.param_role(n) != "scalar" or n.endswith(("a_proj.weight", "b_proj.weight")))
@@ -216,7 +221,7 @@ def main() -> None:
         if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
             parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected four positive integers "
                          "ROWS,DX_ROWS,DX_TILES,DX_WARPS, e.g. 64,32,8,2")
-        tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, values)
+        set_short_conv_tiles(values)
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

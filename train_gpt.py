@@ -126,13 +126,14 @@ COMPRESSORS = {"brotli": "brotli", "lzma": "lzma", "zstd": "zstandard"}  # name 
 CHOICES = {"model.kernel": ("auto", "fla", "torch"), "train.schedule": ("wallclock", "steps"),
            "train.compile": ("auto", "regions", "whole", "off"), "export.calib_source": ("train", "self"),
            "run.wandb_mode": ("disabled", "offline", "online")}
-RANGES = {"> 0": (lambda v: v > 0, "model.vocab_size model.model_dim model.num_heads model.num_kv_heads model.mlp_mult "
-                  "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.conv_size model.chunk_size model.rope_base "
-                  "model.logit_softcap train.seq_len train.global_batch_tokens train.micro_batch_seqs train.muon_ns_steps "
-                  "train.adam_eps train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block "
-                  "export.calib_seqs"), "in [0, 1)": (lambda v: 0 <= v < 1, "train.muon_momentum train.muon_momentum_start "
-                  "train.adam_beta1 train.adam_beta2 train.ema_decay"), "in [0, 1]": (lambda v: 0 <= v <= 1, "train.warmdown_frac"),
-          "in 2..8": (lambda v: 2 <= v <= 8, "export.matrix_bits export.embed_bits"), ">= 0": (lambda v: v >= 0, "")}
+RANGE_TESTS = {"> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1, "in [0, 1]": lambda v: 0 <= v <= 1,
+               "in 2..8": lambda v: 2 <= v <= 8, ">= 0": lambda v: v >= 0}  # ">= 0": every number not in RANGES
+RANGES = {key: rule for rule, keys in {"> 0": "model.vocab_size model.model_dim model.num_heads model.num_kv_heads model.mlp_mult "
+          "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.conv_size model.chunk_size model.rope_base "
+          "model.logit_softcap train.seq_len train.global_batch_tokens train.micro_batch_seqs train.muon_ns_steps train.adam_eps "
+          "train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block export.calib_seqs",
+          "in [0, 1)": "train.muon_momentum train.muon_momentum_start train.adam_beta1 train.adam_beta2 train.ema_decay",
+          "in [0, 1]": "train.warmdown_frac", "in 2..8": "export.matrix_bits export.embed_bits"}.items() for key in keys.split()}
 
 def config_from_dict(cls, d: dict, where: str = ""):
     """Build a dataclass from a nested dict, rejecting unknown keys and wrongly typed values."""
@@ -157,8 +158,7 @@ def config_from_dict(cls, d: dict, where: str = ""):
             raise ValueError(f"config {key}: expected {expected.__name__}, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ValueError(f"config {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
-        rule = next((r for r, (_, keys) in RANGES.items() if key in keys.split()), ">= 0")  # any other number but the seed
-        if expected in (int, float) and key != "train.seed" and not RANGES[rule][0](value):
+        if expected in (int, float) and key != "train.seed" and not RANGE_TESTS[rule := RANGES.get(key, ">= 0")](value):
             raise ValueError(f"config {key}: {value!r} must be {rule}")
         kwargs[name] = value
     return cls(**kwargs)
