@@ -13,8 +13,9 @@ Writes into the sweep directory:
 
 Every number is read back from a job's results.json, its log (<run_id>.txt) or its grad_split.jsonl, never
 recomputed from a config; resolved.yaml only names the model and seed of jobs that produced no results.
-A job directory is a subdirectory holding status.json or resolved.yaml. Only the standard library, PyYAML
-and matplotlib (for the plots; without it the tables are still written) are needed.
+A job directory is a subdirectory holding status.json or resolved.yaml; a directory without any is an error.
+Only the standard library, PyYAML and matplotlib (for the plots; without it the tables are still written)
+are needed.
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class JobRecord:
         return ",".join(parts) or "all"
 
 
+class NotASweepDir(ValueError):
+    """A directory with no job dirs in it (e.g. sweeps/ instead of sweeps/<name>)."""
+
+
 def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -111,9 +116,19 @@ def load_job(job_dir: Path) -> JobRecord:
                      grad=grad_split_means(job_dir / f"{job_id}.grad_split.jsonl"))
 
 
+def is_job_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "status.json").exists() or (path / "resolved.yaml").exists())
+
+
 def load_jobs(sweep_dir: Path) -> list[JobRecord]:
-    jobs = [load_job(d) for d in sweep_dir.iterdir()
-            if d.is_dir() and ((d / "status.json").exists() or (d / "resolved.yaml").exists())]
+    """Every job dir of a sweep dir; NotASweepDir if it holds none."""
+    job_dirs = [d for d in sweep_dir.iterdir() if is_job_dir(d)]
+    if not job_dirs:
+        sweeps = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and any(map(is_job_dir, d.iterdir())))
+        hint = f"; it holds the sweep dirs {', '.join(sweeps)}" if sweeps else ""
+        raise NotASweepDir(f"{sweep_dir} holds no job dirs (subdirectories with a status.json or resolved.yaml): "
+                           f"expected a sweep dir written by sweep.py, e.g. sweeps/<name>{hint}")
+    jobs = [load_job(d) for d in job_dirs]
     return sorted(jobs, key=lambda j: (j.group, str(j.overrides.get(SEED_KEY, "")).zfill(12), j.job_id))
 
 
@@ -359,7 +374,12 @@ def main(argv: list[str]) -> int:
     if not args.sweep_dir.is_dir():
         print(f"report.py: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
-    for path in write_report(args.sweep_dir):
+    try:
+        paths = write_report(args.sweep_dir)
+    except NotASweepDir as e:
+        print(f"report.py: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

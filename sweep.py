@@ -7,8 +7,11 @@
     python report.py sweeps/gdn_vs_attention                        # rewrite the report of a sweep directory
 
 The primary config is conf/sweep.yaml: the trainer's conf/config.yaml (same groups and defaults) plus
-`sweep` (the name; default: the experiment's name, else "adhoc") and `launch` (LaunchConfig below), checked
-against a structured schema, so a misspelled key fails at compose time and the error names it.
+`sweep` (the name; default: run.wandb_group, which an experiment preset sets to its own name, else "adhoc")
+and `launch` (LaunchConfig below), checked against a structured schema, so a misspelled key fails at compose
+time and the error names it. `sweep`, `experiment`, `run.wandb_group` and `launch.*` take one value per sweep:
+sweeping one (`launch.nproc_per_node=1,8`) is an error; a list is written in brackets
+(`launch.cuda_visible_devices=[0,1]`).
 
 Hydra enumerates the jobs; this process never trains. For each job it writes
     <launch.sweep_dir>/<job_id>/resolved.yaml   the trainer's part of the config, resolved; run.log_dir is the job
@@ -34,8 +37,11 @@ A sweep directory:
 
 Resume: with launch.skip_existing (default), a job whose status.json says ok and whose results.json
 exists is skipped; failed, timed-out or interrupted jobs are run again from scratch (their old outputs are
-deleted). A finished job whose model/data/train/eval/export config differs from the new one is not rerun
-and not overwritten: it is reported as config_changed (use another sweep name, or launch.skip_existing=false).
+deleted). A finished job whose model/data/train/eval/export config or world size (results.json's world_size
+against launch.nproc_per_node: under a wallclock budget it changes the step count) differs from the new one is
+not rerun and not overwritten: it is reported as config_changed (use another sweep name, or
+launch.skip_existing=false). An invalid config is reported as invalid; it overwrites the status of a job that
+did not finish ok, never that of one that did.
 """
 from __future__ import annotations
 
@@ -76,7 +82,8 @@ class LaunchConfig:
     sweep_dir: str = "sweeps/${sweep}"   # job directories, the report and Hydra's multirun.yaml
     nproc_per_node: int = 1              # torchrun processes per job
     gpus_per_job: int = 0                # 0: nproc_per_node (ignored without GPUs)
-    cuda_visible_devices: str = ""       # GPUs the sweep may use, e.g. "0,1,2,3"; empty: $CUDA_VISIBLE_DEVICES or all
+    cuda_visible_devices: List[str] = field(default_factory=list)  # GPUs the sweep may use, e.g. [0,1,2,3];
+                                                                   # empty: $CUDA_VISIBLE_DEVICES or all
     parallel_jobs: int = 0               # jobs at once; 0: one per GPU slot (1 without GPUs)
     skip_existing: bool = True           # resume: skip jobs that finished ok
     torchrun_args: List[str] = field(default_factory=list)  # extra torch.distributed.run arguments
@@ -88,12 +95,10 @@ class LaunchConfig:
 
 @dataclass
 class SweepSchema(tg.Config):
-    sweep: str = "${experiment_or:adhoc}"  # the sweep's name: its dir and the wandb group
+    # An experiment preset sets run.wandb_group to its own name; the trainer's default is empty
+    run: tg.RunConfig = field(default_factory=lambda: tg.RunConfig(wandb_group="adhoc"))
+    sweep: str = "${run.wandb_group}"  # the sweep's name: its dir and every job's run.wandb_group
     launch: LaunchConfig = field(default_factory=LaunchConfig)
-
-
-def experiment_or(default: str) -> str:
-    return HydraConfig.get().runtime.choices.get("experiment") or default
 
 
 def command_line_sweep_keys() -> set[str]:
@@ -104,10 +109,25 @@ def command_line_sweep_keys() -> set[str]:
             if o.is_sweep_override()}
 
 
+ONE_PER_SWEEP = ("sweep", "experiment", "run.wandb_group", "launch")  # the sweep's name, preset and launcher
+
+
+def check_swept_keys(keys: set[str]) -> None:
+    """Swept, a `launch.*` key would run the same grid once per value into the same job dirs, and a name (or the
+    preset that sets it) would scatter the jobs over several sweep dirs."""
+    bare = lambda key: key.lstrip("+~").split("@")[0]
+    bad = sorted(k for k in keys if bare(k) in ONE_PER_SWEEP or bare(k).startswith("launch."))
+    if bad:
+        raise ValueError(f"cannot sweep {', '.join(bad)}: sweep, experiment, run.wandb_group and launch.* take one "
+                         "value per sweep (run one sweep per value; a list is written in brackets, e.g. "
+                         "launch.cuda_visible_devices=[0,1])")
+
+
 def swept_overrides() -> dict[str, str]:
     """This job's values of the swept keys (preset sweeper params and command-line sweeps), sorted by key."""
     hc = HydraConfig.get()
     swept = set(hc.sweeper.get("params") or {}) | command_line_sweep_keys()
+    check_swept_keys(swept)
     parsed = OverridesParser.create().parse_overrides(list(hc.overrides.task))
     return dict(sorted((o.get_key_element(), o.get_value_element_as_str()) for o in parsed
                        if o.get_key_element() in swept))
@@ -126,7 +146,6 @@ def register() -> None:
     """conf/config.yaml, which sweep.yaml extends, names its schema `schema`; train_gpt.load_config stores the
     trainer's Config under that name, so a process that composes both registers again before composing sweep.yaml."""
     ConfigStore.instance().store(name="schema", node=SweepSchema)
-    OmegaConf.register_new_resolver("experiment_or", experiment_or, replace=True)
     OmegaConf.register_new_resolver("sweep_job_id", lambda: job_id_from(swept_overrides()), replace=True)
 
 
@@ -170,7 +189,7 @@ def trainer_config(cfg: DictConfig, job: Job) -> dict:
 
 def finished_ok(job: Job) -> bool:
     status = report.read_json(job.dir / "status.json") or {}
-    return status.get("status") == "ok" and (job.dir / f"{job.job_id}.results.json").exists()
+    return status.get("status") == "ok" and report.read_json(job.dir / f"{job.job_id}.results.json") is not None
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -181,11 +200,17 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def changed_keys(job: Job) -> list[str]:
-    """The result-deciding keys whose value differs from the finished job's resolved.yaml, as `key: old -> new`."""
+    """What decides the numbers and differs from the finished job, as `key: old -> new`: the result sections of its
+    resolved.yaml, and the world size it ran with (results.json), which sets the step count under a wallclock budget."""
     old = flat({k: v for k, v in OmegaConf.to_container(OmegaConf.load(job.dir / "resolved.yaml")).items()
                 if k in RESULT_SECTIONS})
     new = flat({k: job.config[k] for k in RESULT_SECTIONS})
-    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    world_size = report.read_json(job.dir / f"{job.job_id}.results.json").get("world_size")
+    if world_size != job.launch.nproc_per_node:
+        changed.append(f"world size (launch.nproc_per_node): {world_size} -> {job.launch.nproc_per_node}")
+    return changed
 
 
 def clear_outputs(job: Job) -> None:
@@ -279,7 +304,10 @@ def run_job(job: Job, gpus: list[str] | None) -> dict:
 
 def host_gpus(launch: LaunchConfig) -> list[str]:
     if launch.cuda_visible_devices:
-        return [d.strip() for d in launch.cuda_visible_devices.split(",") if d.strip()]
+        gpus = list(launch.cuda_visible_devices)
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"launch.cuda_visible_devices={gpus} lists a GPU twice")
+        return gpus
     import torch
     if not torch.cuda.is_available():
         return []
@@ -362,6 +390,8 @@ def settle(cfg: DictConfig, job: Job) -> dict | None:
     try:
         job.config = trainer_config(cfg, job)
     except ValueError as e:
+        if finished_ok(job):  # the new config is what is wrong: the finished job's record stays as it is
+            return dict(status="invalid", error=str(e))
         return write_status(job, status="invalid", error=str(e))
     if job.launch.skip_existing and finished_ok(job):
         changed = changed_keys(job)
@@ -405,5 +435,9 @@ def finish() -> int:
 
 
 if __name__ == "__main__":
+    try:  # before Hydra composes a job with one value of such a key
+        check_swept_keys(command_line_sweep_keys())
+    except ValueError as e:
+        sys.exit(f"sweep.py: {e}")
     main()
     sys.exit(finish())

@@ -8,10 +8,14 @@ in `datasets/tokenizers/`. Locally the root prefix is dropped: `<local-dir>/mani
 `<local-dir>/datasets/fineweb10B_<variant>/`, `<local-dir>/tokenizers/`.
 
 All validation shards and the first --train-shards train shards are fetched. Files already
-present and verified are skipped; interrupted downloads resume from where they stopped (HTTP
-Range). Every shard is checked (magic, version, size = 1024 + 2 * num_tokens, and the token
-count the manifest implies) and every downloaded file against the hub's hash (ETag) before it
-takes its final name. Exit status 1 with a message on any failure.
+present are skipped when they match the hub's hash (ETag: sha256 for LFS files) and, for shards,
+the checks below; a local file that does not match is downloaded again, with a line saying so.
+`<local-dir>/datasets/.verified.json` records the size, mtime and hash of every file verified, so an
+unchanged file is not hashed again on the next run. Interrupted downloads resume from where they
+stopped (HTTP Range). Every shard is checked (magic, version, size = 1024 + 2 * num_tokens, and
+the token count the manifest implies) and every downloaded file against the hub's hash before it
+takes its final name (a file the hub gives no content hash for is an error). Exit status 1 with a
+message on any failure.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 from collections.abc import Callable
@@ -35,6 +40,7 @@ from huggingface_hub.utils import build_hf_headers
 VARIANT_REPOS = {"sp1024": "willdepueoai/parameter-golf", "sp8192": "kevclark/parameter-golf"}
 REMOTE_ROOT = "datasets"
 MANIFEST = "manifest.json"
+VERIFIED = "datasets/.verified.json"  # beside the shards, which are most of it (and ignored by git with them)
 SHARD_PREFIX = "fineweb"
 DEFAULT_TRAIN_SHARDS = 80  # 8B tokens, the challenge's usual download
 DEFAULT_LOCAL_DIR = Path(__file__).resolve().parent  # this repo's data/
@@ -133,12 +139,10 @@ def check_shard(path: Path, expected_tokens: int | None = None) -> int:
 
 
 def check_etag(path: Path, etag: str | None) -> None:
-    """Compares the file with the hub's ETag when that is a content hash.
-
-    LFS files carry their sha256 (64 hex digits), plain git files their git blob sha1 (40).
-    """
-    if etag is None or len(etag) not in (40, 64):
-        return
+    """Compares the file with the hub's ETag, a content hash: LFS files carry their sha256 (64 hex digits), plain
+    git files their git blob sha1 (40)."""
+    if etag is None or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
+        raise DownloadError(f"the hub sent no content hash (ETag {etag!r}): the file cannot be verified")
     digest = hashlib.sha256() if len(etag) == 64 else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -147,14 +151,42 @@ def check_etag(path: Path, etag: str | None) -> None:
         raise DownloadError(f"content does not match the hub's hash {etag}")
 
 
+class VerifiedFiles:
+    """`<local-dir>/datasets/.verified.json`: path -> [size, mtime_ns, etag] of local files that matched that hash."""
+
+    def __init__(self, local_dir: Path):
+        self.root, self.path = local_dir, local_dir / VERIFIED
+        try:
+            self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DownloadError(f"cannot read {self.path} ({e}); delete it (files are then hashed again)") from None
+        if not isinstance(self.entries, dict):
+            raise DownloadError(f"{self.path} is not a JSON object; delete it (files are then hashed again)")
+
+    def _entry(self, path: Path, etag: str | None) -> tuple[str, list]:
+        stat = path.stat()
+        return path.relative_to(self.root).as_posix(), [stat.st_size, stat.st_mtime_ns, etag]
+
+    def check(self, path: Path, etag: str | None) -> None:
+        """check_etag, skipped for a file recorded with the same size, mtime and hash."""
+        key, entry = self._entry(path, etag)
+        if self.entries.get(key) != entry:
+            check_etag(path, etag)
+
+    def record(self, path: Path, etag: str | None) -> None:
+        key, entry = self._entry(path, etag)
+        if self.entries.get(key) == entry:
+            return
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=0, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+
 # ---------------------------------------------------------------- fetching one file
 
-Check = Callable[[Path, RemoteFile], object]  # raises DownloadError when the local file is not right
-
-
-def same_hash(local: Path, remote: RemoteFile) -> None:
-    """Check for files without a structure of their own."""
-    check_etag(local, remote.etag)
+Check = Callable[[Path, RemoteFile], object]  # raises DownloadError when the local file's structure is not right
 
 
 def partial_path(dest: Path, etag: str | None) -> Path:
@@ -163,11 +195,14 @@ def partial_path(dest: Path, etag: str | None) -> Path:
     return dest.with_name(f"{dest.name}.{version}.partial")
 
 
-def fetch(remote: RemoteFile, dest: Path, check: Check) -> str:
-    """Makes `dest` a verified copy of `remote`; returns what it did."""
+def fetch(remote: RemoteFile, dest: Path, verified: VerifiedFiles, check: Check | None = None) -> str:
+    """Makes `dest` a copy of `remote` verified against its hash and `check`; returns what it did."""
     if dest.is_file() and dest.stat().st_size == remote.size:
         try:
-            check(dest, remote)
+            verified.check(dest, remote.etag)
+            if check:
+                check(dest, remote)
+            verified.record(dest, remote.etag)
             return "present"
         except DownloadError as e:
             print(f"{dest}: local copy rejected ({e}); downloading it again", file=sys.stderr)
@@ -182,18 +217,20 @@ def fetch(remote: RemoteFile, dest: Path, check: Check) -> str:
     append_download(remote, partial)
     try:
         check_etag(partial, remote.etag)
-        check(partial, remote)
+        if check:
+            check(partial, remote)
     except DownloadError as e:
         partial.unlink()  # complete but wrong: resuming it could never help
         raise DownloadError(f"{remote.path}: {e}") from None
     os.replace(partial, dest)
+    verified.record(dest, remote.etag)
     return "resumed" if resumed else "downloaded"
 
 
 # ---------------------------------------------------------------- the manifest
 
 
-def load_manifest(hub: Hub, local_dir: Path) -> dict:
+def load_manifest(hub: Hub, local_dir: Path, verified: VerifiedFiles) -> dict:
     remote_path = f"{REMOTE_ROOT}/{MANIFEST}"
     try:
         remote = hub.describe(remote_path)
@@ -202,7 +239,7 @@ def load_manifest(hub: Hub, local_dir: Path) -> dict:
     # Pin every later request to the manifest's commit, so all files come from one version.
     hub.revision = remote.commit or hub.revision
     dest = local_dir / MANIFEST
-    fetch(remote, dest, same_hash)
+    fetch(remote, dest, verified)
     try:
         manifest = json.loads(dest.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -273,9 +310,10 @@ def download_variant(
         raise DownloadError(f"--train-shards must be >= 0, got {train_shards}")
     local_dir = Path(local_dir)
     hub = Hub(repo_id or VARIANT_REPOS[variant], revision, endpoint)
-    manifest = load_manifest(hub, local_dir)
+    verified = VerifiedFiles(local_dir)
+    manifest = load_manifest(hub, local_dir, verified)
     dataset = find_dataset(manifest, variant, hub.repo_id)
-    wanted: list[tuple[str, Check]] = [(path, same_hash) for path in tokenizer_files(manifest, dataset)]
+    wanted: list[tuple[str, Check | None]] = [(path, None) for path in tokenizer_files(manifest, dataset)]
     for path, expected in shards_to_fetch(manifest, dataset, train_shards):
         wanted.append((path, lambda local, remote, expected=expected: check_shard(local, expected)))
 
@@ -286,7 +324,7 @@ def download_variant(
         except MissingRemoteFile as e:
             raise DownloadError(f"stale manifest: it lists {path} but {e}") from None
         dest = local_path(local_dir, path)
-        outcome = fetch(remote, dest, check)
+        outcome = fetch(remote, dest, verified, check)
         print(f"{outcome:>10}  {dest}")
         fetched.append(dest)
     return fetched

@@ -12,10 +12,15 @@ means the byte accounting is wrong. Some words carry multi-byte UTF-8 characters
 byte-fallback and multi-byte pieces are exercised.
 
     python data/synthetic.py [--train-docs 20000] [--val-docs 500]    (writes data/datasets/synthetic_sp8192/)
+
+The tokenizer is trained on the first train documents unless it exists; the settings it was trained with (and its
+sha256) are recorded beside it in <tokenizer>.settings.json, and an existing tokenizer is reused only when that
+record matches the requested settings; otherwise the build stops and names the differences.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -24,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_shards import build_shards, train_tokenizer  # noqa: E402
+from build_shards import BuildError, build_shards, train_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 EXTRA_CHARS = ["é", "ü", "ß", "ø", "€", "ñ", "ç", "日本", "🙂"]  # 2-, 3- and 4-byte UTF-8, unchanged by NFKC
+TOKENIZER_DOCS = 5000  # the tokenizer is trained on at most this many train documents
 
 
 class MarkovSource:
@@ -97,10 +103,16 @@ def build(out_dir: Path, tokenizer_path: Path, train_docs: int, val_docs: int, v
                 sample_bits, sample_bytes = sample_bits + bits, sample_bytes + len(text.encode())
             yield text
 
-    if not tokenizer_path.exists():
+    # Everything that decides the tokenizer's bytes: the source, its vocabulary, and which documents it reads.
+    settings = dict(seed=seed, vocab_size=vocab_size, val_docs=val_docs, tokenizer_docs=min(train_docs, TOKENIZER_DOCS))
+    if tokenizer_path.exists():
+        check_tokenizer(tokenizer_path, settings)
+    else:
         tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
         train_tokenizer((t for i, t in enumerate(texts(total, seed + 1, False)) if i >= val_docs),
-                        tokenizer_path, vocab_size=vocab_size, max_docs=min(train_docs, 5000))
+                        tokenizer_path, vocab_size=vocab_size, max_docs=settings["tokenizer_docs"])
+        record = dict(settings=settings, sha256=file_sha256(tokenizer_path))
+        settings_path(tokenizer_path).write_text(json.dumps(record, indent=1) + "\n")
     floor = source.entropy_floor_bpb()
     meta = build_shards(texts(total, seed + 1, True), tokenizer_path, out_dir, prefix="synthetic",
                         val_docs=val_docs, workers=workers, progress=progress,
@@ -109,6 +121,37 @@ def build(out_dir: Path, tokenizer_path: Path, train_docs: int, val_docs: int, v
     meta["val_sample_source_bpb"] = sample_bits / max(sample_bytes, 1)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def settings_path(tokenizer_path: Path) -> Path:
+    return tokenizer_path.with_suffix(".settings.json")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_tokenizer(tokenizer_path: Path, settings: dict) -> None:
+    """BuildError unless the existing tokenizer was trained by this script with exactly these settings."""
+    record_path = settings_path(tokenizer_path)
+    remedy = (f"delete {tokenizer_path} (and its .vocab and .settings.json) to train a new one, or pass --tokenizer "
+              "with another path")
+    try:
+        record = json.loads(record_path.read_text())
+        recorded, sha256 = record["settings"], record["sha256"]
+        if not isinstance(recorded, dict):
+            raise TypeError(f"settings is {recorded!r}, not a mapping")
+    except FileNotFoundError:
+        raise BuildError(f"{tokenizer_path} exists but {record_path}, the record of its settings, does not: "
+                         f"its settings are unknown; {remedy}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise BuildError(f"{record_path} is not a settings record ({type(e).__name__}: {e}); {remedy}") from None
+    if file_sha256(tokenizer_path) != sha256:
+        raise BuildError(f"{tokenizer_path} is not the file {record_path} describes (sha256 differs); {remedy}")
+    differ = [f"{k} {recorded.get(k)} (requested {v})" for k, v in settings.items() if recorded.get(k) != v]
+    if differ:
+        raise BuildError(f"{tokenizer_path} was trained with other settings: {', '.join(differ)}; pass those "
+                         f"settings, or {remedy}")
 
 
 def main() -> None:
@@ -122,8 +165,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    meta = build(args.out_dir, args.tokenizer, args.train_docs, args.val_docs, args.vocab_size, args.seed,
-                 args.workers, not args.no_progress)
+    try:
+        meta = build(args.out_dir, args.tokenizer, args.train_docs, args.val_docs, args.vocab_size, args.seed,
+                     args.workers, not args.no_progress)
+    except BuildError as e:
+        sys.exit(f"error: {e}")
     print(f"synthetic data in {args.out_dir}: train_tokens:{meta['train_tokens']} val_tokens:{meta['val_tokens']} "
           f"entropy_floor_bpb:{meta['entropy_floor_bpb']:.6f} val_sample_source_bpb:{meta['val_sample_source_bpb']:.6f}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -100,9 +102,12 @@ def test_fresh_download_fetches_manifest_tokenizer_all_val_and_requested_train(h
     expected = {"manifest.json", *TOKENIZER_FILES, f"{DATASET_DIR}/fineweb_train_000000.bin"}
     expected |= {f"{DATASET_DIR}/fineweb_val_{i:06d}.bin" for i in range(2)}
     on_disk = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-    assert on_disk == expected
+    assert on_disk == expected | {downloader.VERIFIED}
     for path in expected:
         assert (local / path).read_bytes() == published[path]
+    record = json.loads((local / downloader.VERIFIED).read_text())
+    assert record == {path: [len(published[path]), (local / path).stat().st_mtime_ns,
+                             etag_of(published[path], lfs=path.endswith((".bin", ".model")))] for path in expected}
 
 
 def test_token_goes_to_the_hub_but_not_to_the_cdn(hub, tmp_path):
@@ -170,6 +175,55 @@ def test_corrupt_local_copy_is_downloaded_again(hub, published, tmp_path):
 
     assert run(hub, local, "--train-shards", "0") == 0
     assert (local / path).read_bytes() == published[path]
+
+
+def damaged(shard: bytes) -> bytes:
+    """The same size and a valid header; one token id differs."""
+    return shard[:1100] + bytes([shard[1100] ^ 0xFF]) + shard[1101:]
+
+
+def test_local_shard_with_a_right_header_and_a_wrong_byte_is_downloaded_again(hub, published, tmp_path, capsys):
+    local = tmp_path / "data"
+    path = f"{DATASET_DIR}/fineweb_val_000000.bin"
+    (local / path).parent.mkdir(parents=True)
+    (local / path).write_bytes(damaged(published[path]))
+    assert downloader.check_shard(local / path, SHARD_TOKENS["val"][0]) == SHARD_TOKENS["val"][0]  # looks complete
+
+    assert run(hub, local, "--train-shards", "0") == 0
+
+    assert (local / path).read_bytes() == published[path]
+    assert [r.range for r in hub.gets(path)] == [None]
+    err = capsys.readouterr().err
+    assert f"{local / path}: local copy rejected (content does not match the hub's hash" in err
+
+
+def test_verified_files_are_hashed_again_only_when_changed(hub, published, tmp_path, monkeypatch):
+    local = tmp_path / "data"
+    assert run(hub, local, "--train-shards", "1") == 0
+    hashed = []
+    check_etag = downloader.check_etag
+    monkeypatch.setattr(downloader, "check_etag", lambda path, etag: hashed.append(path.name) or check_etag(path, etag))
+    hub.requests.clear()
+
+    assert run(hub, local, "--train-shards", "1") == 0
+    assert hashed == [] and hub.gets() == []
+
+    path = local / DATASET_DIR / "fineweb_val_000001.bin"
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(damaged(path.read_bytes()))
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # changed a second later, as a later edit would be
+    assert run(hub, local, "--train-shards", "1") == 0
+    # the local copy is hashed and rejected, the download hashed before it takes the name
+    content = published[f"{DATASET_DIR}/{path.name}"]
+    assert hashed == [path.name, downloader.partial_path(path, etag_of(content, lfs=True)).name]
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("etag", [None, "W/1234", "A" * 64])
+def test_a_file_without_a_content_hash_is_an_error(tmp_path, etag):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(downloader.DownloadError, match=re.escape(f"the hub sent no content hash (ETag {etag!r})")):
+        downloader.check_etag(tmp_path / "f", etag)
 
 
 def corrupt(shard: bytes, how: str) -> bytes:

@@ -107,19 +107,48 @@ def test_job_id_is_the_override_dirname_and_file_safe():
 
 
 @pytest.mark.parametrize("launch,slots", [
-    (dict(cuda_visible_devices="0,1,2,3"), [["0"], ["1"], ["2"], ["3"]]),
-    (dict(cuda_visible_devices="4,5,6,7", gpus_per_job=2), [["4", "5"], ["6", "7"]]),
-    (dict(cuda_visible_devices="0,1,2", nproc_per_node=2), [["0", "1"]]),
-    (dict(cuda_visible_devices="0,1,2,3", parallel_jobs=3), [["0"], ["1"], ["2"]]),
+    (dict(cuda_visible_devices=["0", "1", "2", "3"]), [["0"], ["1"], ["2"], ["3"]]),
+    (dict(cuda_visible_devices=["4", "5", "6", "7"], gpus_per_job=2), [["4", "5"], ["6", "7"]]),
+    (dict(cuda_visible_devices=["0", "1", "2"], nproc_per_node=2), [["0", "1"]]),
+    (dict(cuda_visible_devices=["0", "1", "2", "3"], parallel_jobs=3), [["0"], ["1"], ["2"]]),
 ])
 def test_gpu_slots(launch, slots):
     assert sweep.device_slots(sweep.LaunchConfig(**launch)) == slots
 
 
-def test_slots_without_gpus_and_too_many_gpus_per_job():
+def test_gpu_list_is_one_value_on_the_command_line():
+    launch = OmegaConf.to_object(compose_sweep(["launch.cuda_visible_devices=[2,3]"]).launch)
+    assert launch.cuda_visible_devices == ["2", "3"] and sweep.device_slots(launch) == [["2"], ["3"]]
+
+
+def test_slots_without_gpus_and_bad_gpu_lists():
     assert sweep.device_slots(sweep.LaunchConfig(parallel_jobs=2)) == [None, None]  # torch here is CPU-only
     with pytest.raises(ValueError, match="gpus_per_job=8"):
-        sweep.device_slots(sweep.LaunchConfig(cuda_visible_devices="0,1", gpus_per_job=8))
+        sweep.device_slots(sweep.LaunchConfig(cuda_visible_devices=["0", "1"], gpus_per_job=8))
+    with pytest.raises(ValueError, match=re.escape("launch.cuda_visible_devices=['0', '1', '0'] lists a GPU twice")):
+        sweep.device_slots(sweep.LaunchConfig(cuda_visible_devices=["0", "1", "0"]))
+
+
+@pytest.mark.parametrize("keys,bad", [
+    ({"model", "train.seed", "data.val_files", "run.wandb_mode"}, None),
+    ({"model", "launch.cuda_visible_devices"}, "launch.cuda_visible_devices"),
+    ({"+launch.env.A"}, "+launch.env.A"), ({"launch"}, "launch"), ({"sweep"}, "sweep"), ({"experiment"}, "experiment"),
+    ({"run.wandb_group", "run.wandb_mode"}, "run.wandb_group")])
+def test_sweeping_a_key_that_takes_one_value_per_sweep_is_an_error(keys, bad):
+    if bad is None:
+        sweep.check_swept_keys(keys)
+    else:
+        with pytest.raises(ValueError, match=rf"^cannot sweep {re.escape(bad)}: sweep, experiment, run\.wandb_group "):
+            sweep.check_swept_keys(keys)
+
+
+@pytest.mark.parametrize("override", ["launch.cuda_visible_devices=0,1", "sweep=a,b", "launch.nproc_per_node=1,2"])
+def test_sweeping_a_launch_key_stops_the_sweep_command(tmp_path, override):
+    proc = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "-m", override, "model=gdn_hybrid,attention",
+                           f"launch.sweep_dir={tmp_path / 'sw'}"], cwd=tmp_path, capture_output=True, text=True)
+    key = override.split("=")[0]
+    assert proc.returncode == 1 and f"sweep.py: cannot sweep {key}: " in proc.stderr
+    assert "launch.cuda_visible_devices=[0,1]" in proc.stderr and not (tmp_path / "sw").exists()
 
 
 def test_job_environment_pins_the_slot(tmp_path):
@@ -319,3 +348,83 @@ def test_wandb_offline_run_holds_the_metrics(cpu_sweep):
     logged = {int(m[1]): m[2] for m in re.finditer(r"^step:(\d+) val_loss:\S+ val_bpb:(\S+)", log, re.M)}
     assert sorted(logged) == [3]
     assert {h["_step"]: f"{h['val_bpb']:.8f}" for h in history if "val_bpb" in h} == logged
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sweeps named by default (no `sweep=`), and what a later invocation may not do to a finished job
+
+@pytest.fixture(scope="module")
+def unnamed_sweeps(synthetic_data, tmp_path_factory):
+    """One 2-step job without `sweep=` or launch.sweep_dir, then one of the cpu_smoke_sweep preset; the first job is
+    then swept again with an invalid config, with its own config (resumed) and with two processes."""
+    tmp = tmp_path_factory.mktemp("unnamed")
+    base = TINY + synthetic_data["overrides"] + ["train.max_steps=2", "train.seed=3"]
+    job_dir = tmp / "sweeps" / "adhoc" / "default"  # no swept key: the job id is `default`
+    runs = dict(adhoc=run_sweep(base, tmp))
+    runs["preset"] = run_sweep(["experiment=cpu_smoke_sweep", *TINY, *synthetic_data["overrides"], "model=gdn_hybrid",
+                                "train.seed=1", "train.max_steps=2"], tmp)
+    files = lambda: {p.name: p.read_bytes() for p in job_dir.iterdir() if p.is_file()}
+    finished = files()
+    for name, extra in [("invalid", ["train.seq_len=0"]), ("resumed", []), ("world_size", ["launch.nproc_per_node=2"])]:
+        runs[name] = run_sweep(base + extra, tmp)
+        runs[name].files_after = files()
+    return dict(dir=tmp / "sweeps", job_dir=job_dir, finished=finished, **runs)
+
+
+def summary_statuses(proc) -> dict:
+    summary = proc.stdout.split("sweep_summary:")[1]
+    lines = re.findall(r"^sweep_job:(\S+) status:(\S+)(.*) dir:", summary, re.M)
+    return {job: (status, m[1] if (m := re.search(r" error:(.*)", rest)) else None) for job, status, rest in lines}
+
+
+def test_sweep_without_a_name_runs_in_sweeps_adhoc(unnamed_sweeps):
+    proc = unnamed_sweeps["adhoc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_dir = unnamed_sweeps["job_dir"]
+    assert json.loads((job_dir / "status.json").read_text())["status"] == "ok"
+    assert OmegaConf.load(job_dir / "resolved.yaml").run.wandb_group == "adhoc"
+    assert (job_dir.parent / "report.md").exists()
+
+
+def test_experiment_preset_names_its_sweep(unnamed_sweeps):
+    proc = unnamed_sweeps["preset"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_dir = unnamed_sweeps["dir"] / "cpu_smoke_sweep" / "model=gdn_hybrid,train.seed=1"
+    assert json.loads((job_dir / "status.json").read_text())["status"] == "ok"
+    resolved = OmegaConf.load(job_dir / "resolved.yaml")
+    assert resolved.run.wandb_group == "cpu_smoke_sweep" and resolved.model.model_dim == 64
+    assert sorted(p.name for p in unnamed_sweeps["dir"].iterdir()) == ["adhoc", "cpu_smoke_sweep"]
+
+
+def test_invalid_config_leaves_a_finished_job_as_it_was(unnamed_sweeps):
+    proc = unnamed_sweeps["invalid"]
+    assert proc.returncode == 1
+    assert summary_statuses(proc) == {"default": ("invalid", "config train.seq_len: 0 must be > 0")}
+    assert proc.files_after == unnamed_sweeps["finished"]
+    resumed = unnamed_sweeps["resumed"]  # so the same sweep still skips it
+    assert resumed.returncode == 0 and summary_statuses(resumed) == {"default": ("skipped", None)}
+    assert resumed.files_after == unnamed_sweeps["finished"]
+
+
+def test_another_world_size_is_a_changed_config(unnamed_sweeps):
+    proc = unnamed_sweeps["world_size"]
+    assert proc.returncode == 1
+    status, error = summary_statuses(proc)["default"]
+    assert status == "config_changed" and "(world size (launch.nproc_per_node): 1 -> 2): not rerun" in error
+    assert proc.files_after == unnamed_sweeps["finished"]
+
+
+def test_report_of_a_dir_without_job_dirs_is_an_error(tmp_path, capsys):
+    import report
+    for sweep_name in ("a", "b"):
+        (tmp_path / "sweeps" / sweep_name / "model=attention").mkdir(parents=True)
+        (tmp_path / "sweeps" / sweep_name / "model=attention" / "status.json").write_text('{"status": "failed"}')
+    (tmp_path / "sweeps" / "notes").mkdir()
+    assert report.main([str(tmp_path / "sweeps")]) == 2
+    assert capsys.readouterr().err == (
+        f"report.py: {tmp_path / 'sweeps'} holds no job dirs (subdirectories with a status.json or resolved.yaml): "
+        "expected a sweep dir written by sweep.py, e.g. sweeps/<name>; it holds the sweep dirs a, b\n")
+    assert report.main([str(tmp_path / "sweeps" / "notes")]) == 2
+    assert "notes holds no job dirs" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("report.*"))
+    assert report.main([str(tmp_path / "sweeps" / "a")]) == 0 and (tmp_path / "sweeps" / "a" / "report.md").exists()
