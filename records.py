@@ -6,7 +6,8 @@ A record folder is records/<track>/<YYYY-MM-DD>_<name>/ and holds
     submission.json       the challenge's fields plus per-seed results
     train_gpt.py          the exact script that ran (its sha256 matched every run's code_sha256)
     train_seed<seed>.log  each run's log, verbatim; its last line is the score line
-    config.yaml           the resolved config (shared by all seeds apart from the seed)
+    config.yaml           the first seed's resolved config (all seeds share it apart from
+                          train.seed and the run.* section: ids, log paths, tracking)
     results/seed<seed>.json  each run's results.json, verbatim
 
 Usage:
@@ -19,7 +20,11 @@ Usage:
 The score of a run is its round-trip (post-quantization) val_loss/val_bpb when it exported a
 quantized model, else its pre-quantization values; it is what the log's last line reports.
 The 16,000,000-byte artifact limit is checked for every track, track_local included: it is
-the challenge's rule, and a local record over it could never become a submission.
+the challenge's rule, and a local record over it could never become a submission. The two
+16mb tracks also need every run to have exported a quantized model (round-trip score and
+artifact sha256), and track_10min_16mb needs 8xH100, FineWeb data and at most 600 s each of
+training and evaluation. A run whose config enabled export but that has no round-trip score
+(its export crashed) is refused on every track.
 Exit status: 0 success; 1 validation problems (validate, or write's check of what it wrote);
 2 refusal or unreadable input (one clear message on stderr).
 
@@ -45,8 +50,18 @@ import yaml
 
 TRACKS = ("track_10min_16mb", "track_non_record_16mb", "track_local")
 ARTIFACT_LIMIT_BYTES = 16_000_000  # decimal bytes: code + compressed model
-# Config keys (last dotted component) that legitimately differ between the seeds of a record.
-PER_RUN_CONFIG_KEYS = frozenset({"seed", "run_id"})
+# Config that legitimately differs between the seeds of a record: the seed, and the run.*
+# section (run_id, log_dir, wandb_*: ids, paths and tracking, none of which changes the numbers;
+# sweep.py gives every job its own run.log_dir and run.run_id).
+PER_RUN_CONFIG_SECTION = "run"
+PER_RUN_CONFIG_KEYS = frozenset({"train.seed"})
+# track_10min_16mb: the challenge's hardware, data and time budget (REFERENCE.md section 1).
+TIMED_TRACK = "track_10min_16mb"
+SIZED_TRACKS = ("track_10min_16mb", "track_non_record_16mb")  # need a quantized artifact
+TIMED_TRACK_WORLD_SIZE = 8
+TIMED_TRACK_HARDWARE_RE = re.compile(r"^8x.*\bH100\b")  # results.json: f"{world}x{device name}"
+TIMED_TRACK_DATA_NAMES = ("fineweb10B_sp1024", "fineweb10B_sp8192")  # conf/data/fineweb_*.yaml
+TIMED_TRACK_LIMIT_S = 600.0  # each of training and evaluation
 # results.json fields outside the config that must also agree between the seeds of a record.
 SHARED_RESULT_FIELDS = ("model_preset", "layout", "data_name", "world_size")
 FINAL_LINE_RE = re.compile(r"^final_\w+ val_loss:(?P<val_loss>\S+) val_bpb:(?P<val_bpb>\S+)")
@@ -74,9 +89,9 @@ RESULTS_SCHEMA = {
     "val_loss": (NUMBER,), "val_bpb": (NUMBER,), "q_val_loss": (NUMBER, NULL),
     "q_val_bpb": (NUMBER, NULL), "bytes_code": (INTEGER,), "bytes_total": (INTEGER,),
     "steps": (INTEGER,), "step_avg_ms": (NUMBER,), "tok_per_s": (NUMBER,),
-    "eval_time_s": (NUMBER, NULL), "artifact_sha256": (STRING, NULL), "hardware": (STRING,),
-    "versions": (OBJECT,), "model_preset": (STRING,), "layout": (STRING, NULL),
-    "data_name": (STRING,), "world_size": (INTEGER,),
+    "train_time_s": (NUMBER,), "eval_time_s": (NUMBER, NULL), "artifact_sha256": (STRING, NULL),
+    "hardware": (STRING,), "versions": (OBJECT,), "model_preset": (STRING,),
+    "layout": (STRING, NULL), "data_name": (STRING,), "world_size": (INTEGER,),
 }
 SEED_RESULT_SCHEMA = {
     "val_loss": (NUMBER,), "val_bpb": (NUMBER,), "pre_quant_val_bpb": (NUMBER,),
@@ -234,12 +249,67 @@ def run_score(results: dict) -> tuple[float, float]:
     return results["val_loss"], results["val_bpb"]
 
 
-def load_run(results_path: Path) -> Run:
+def run_problems(where: str, results: dict, track: str) -> list[str]:
+    """Rules a schema-clean results.json must meet to be part of a record of track."""
+    problems = []
+    has_q_loss, has_q_bpb = results["q_val_loss"] is not None, results["q_val_bpb"] is not None
+    if has_q_loss != has_q_bpb:
+        present, null = ("q_val_loss", "q_val_bpb") if has_q_loss else ("q_val_bpb", "q_val_loss")
+        problems.append(f"{where}: field '{present}' is set but '{null}' is null: a round-trip "
+                        "score needs both (a run without export has neither)")
+    export = results["config"].get("export")
+    if not isinstance(export, dict) or "enabled" not in export:
+        problems.append(f"{where}: config.export.enabled is missing (expected true or false)")
+    elif (problem := type_problem(f"{where}: config.export.enabled", export["enabled"],
+                                  ("boolean",))):
+        problems.append(problem)
+    elif export["enabled"] and not (has_q_loss or has_q_bpb):
+        problems.append(f"{where}: config.export.enabled is true but q_val_loss and q_val_bpb are "
+                        "null: the export did not finish, so the run has no round-trip score")
+    if track in SIZED_TRACKS:
+        null = [f for f in ("q_val_loss", "q_val_bpb", "artifact_sha256") if results[f] is None]
+        if null:
+            verb = "is" if len(null) == 1 else "are"
+            problems.append(f"{where}: {', '.join(null)} {verb} null: {track} needs a quantized "
+                            "artifact (round-trip score and sha256); without one bytes_total is "
+                            "only the code and the 16,000,000-byte limit means nothing (use "
+                            "track_local)")
+    if track == TIMED_TRACK:
+        problems += timed_track_problems(where, results)
+    return problems
+
+
+def timed_track_problems(where: str, results: dict) -> list[str]:
+    """track_10min_16mb: 8xH100, FineWeb data, <= 600 s of training and <= 600 s of eval."""
+    elsewhere = "use track_non_record_16mb or track_local"
+    problems = []
+    if results["world_size"] != TIMED_TRACK_WORLD_SIZE:
+        problems.append(f"{where}: world_size is {results['world_size']}; {TIMED_TRACK} requires "
+                        f"{TIMED_TRACK_WORLD_SIZE} GPUs (8xH100): {elsewhere}")
+    if not TIMED_TRACK_HARDWARE_RE.match(results["hardware"]):
+        problems.append(f"{where}: hardware is {results['hardware']!r}; {TIMED_TRACK} requires "
+                        f"8 H100 GPUs ('8x<H100 device name>'): {elsewhere}")
+    if results["data_name"] not in TIMED_TRACK_DATA_NAMES:
+        problems.append(f"{where}: data_name is {results['data_name']!r}; {TIMED_TRACK} requires "
+                        f"FineWeb data ({' or '.join(TIMED_TRACK_DATA_NAMES)}): use track_local")
+    if results["train_time_s"] > TIMED_TRACK_LIMIT_S:
+        problems.append(f"{where}: train_time_s is {results['train_time_s']:.1f}; {TIMED_TRACK} "
+                        f"requires at most {TIMED_TRACK_LIMIT_S:.0f} s of training: {elsewhere}")
+    eval_time = results["eval_time_s"]
+    if eval_time is None or eval_time > TIMED_TRACK_LIMIT_S:
+        shown = "null" if eval_time is None else f"{eval_time:.1f}"
+        problems.append(f"{where}: eval_time_s is {shown}; {TIMED_TRACK} requires a recorded "
+                        f"evaluation time of at most {TIMED_TRACK_LIMIT_S:.0f} s: {elsewhere}")
+    return problems
+
+
+def load_run(results_path: Path, track: str) -> Run:
     results_path = Path(results_path)
     results = read_json(results_path)
     if not isinstance(results, dict):
         raise RecordError(f"{results_path}: expected a JSON object, got {json_type(results)}")
-    problems = schema_problems(str(results_path), results, RESULTS_SCHEMA)
+    problems = (schema_problems(str(results_path), results, RESULTS_SCHEMA)
+                or run_problems(str(results_path), results, track))
     if problems:
         raise RecordError("; ".join(problems))
     if not is_iso_date(results["date"]):
@@ -278,15 +348,18 @@ def check_runs_agree(runs: Sequence[Run], script: Path) -> None:
         raise RecordError(f"duplicate seeds among the runs: {seeds}")
     differing = differing_keys(runs)
     if differing:
-        raise RecordError(f"the runs differ in more than the seed: {', '.join(differing)}")
+        raise RecordError(f"the runs differ in more than the seed (train.seed and run.* may "
+                          f"differ): {', '.join(differing)}")
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys (dotted) and shared results fields whose values are not the same in all runs."""
+    """Config keys (dotted) and shared results fields whose values are not the same in all runs;
+    train.seed and the run.* section are left out."""
 
     def comparable(run: Run) -> dict[str, Any]:
         flat = {f"config.{k}": v for k, v in flatten(run.results["config"]).items()
-                if k.rsplit(".", 1)[-1] not in PER_RUN_CONFIG_KEYS}
+                if k not in PER_RUN_CONFIG_KEYS
+                and k.split(".", 1)[0] != PER_RUN_CONFIG_SECTION}
         flat.update({k: run.results[k] for k in SHARED_RESULT_FIELDS})
         return flat
 
@@ -426,7 +499,8 @@ limit {ARTIFACT_LIMIT_BYTES:,})
 - Hardware: {submission['hardware']}, world size {first['world_size']}
 - Versions: {versions or 'n/a'}
 - Script: `train_gpt.py`, sha256 `{first['code_sha256']}`
-- Config: `config.yaml` (identical for all seeds apart from the seed)
+- Config: `config.yaml` (identical for all seeds apart from `train.seed` and `run.*`: ids, log \
+paths, tracking)
 
 ## Command
 
@@ -469,7 +543,7 @@ def write_record(track: str, name: str, results_paths: Sequence[str | Path], *,
     script = Path(script)
     if not script.is_file():
         raise RecordError(f"script {script} does not exist")
-    runs = [load_run(Path(p)) for p in results_paths]
+    runs = [load_run(Path(p), track) for p in results_paths]
     check_runs_agree(runs, script)
 
     date = max(run.results["date"] for run in runs)  # the day the record was complete
@@ -548,14 +622,46 @@ def size_problems(sub: dict) -> list[str]:
     return problems
 
 
-def code_problems(record: Path, sub: dict) -> list[str]:
+def stored_results(record: Path, sub: dict) -> tuple[dict[str, dict], list[str]]:
+    """Each seed's results/seed<seed>.json (schema-clean ones, by seed) and the problems of the
+    missing, unreadable or ill-typed ones."""
+    found, problems = {}, []
+    for seed in sub["seed_results"]:
+        name = f"results/seed{seed}.json"
+        if not (record / name).is_file():
+            problems.append(f"{name} is missing (seed {seed} is in seed_results)")
+            continue
+        try:
+            results = read_json(record / name)
+        except RecordError as e:
+            problems.append(str(e))
+            continue
+        if not isinstance(results, dict):
+            problems.append(f"{name}: expected a JSON object, got {json_type(results)}")
+            continue
+        schema = schema_problems(name, results, RESULTS_SCHEMA)
+        if schema:
+            problems += schema
+            continue
+        found[seed] = results
+    return found, problems
+
+
+def code_problems(record: Path, sub: dict, results_by_seed: dict[str, dict]) -> list[str]:
+    """The stored train_gpt.py must be the exact script of every run: size and sha256."""
     script = record / "train_gpt.py"
     if not script.is_file():
         return []  # already reported as a missing file
+    problems = []
     size = script.stat().st_size
     if size != sub["bytes_code"]:
-        return [f"train_gpt.py has {size:,} bytes but bytes_code is {sub['bytes_code']:,}"]
-    return []
+        problems.append(f"train_gpt.py has {size:,} bytes but bytes_code is {sub['bytes_code']:,}")
+    sha = sha256_of(script)
+    for seed, results in results_by_seed.items():
+        if results["code_sha256"] != sha:
+            problems.append(f"train_gpt.py has sha256 {sha} but results/seed{seed}.json has "
+                            f"code_sha256 {results['code_sha256']}: not the script that ran")
+    return problems
 
 
 def log_problems(record: Path, sub: dict) -> list[str]:
@@ -616,7 +722,7 @@ def validate_record(path: str | Path) -> list[str]:
     """
     record = Path(path)
     if not record.is_dir():
-        return ["not a directory"]
+        return ["is not a directory" if record.exists() else "does not exist"]
     problems = missing_file_problems(record)
     sub_path = record / "submission.json"
     if not sub_path.is_file():
@@ -628,18 +734,22 @@ def validate_record(path: str | Path) -> list[str]:
     schema = submission_problems(sub)
     if schema:
         return problems + schema
-    return (problems + size_problems(sub) + code_problems(record, sub) + log_problems(record, sub)
-            + summary_problems(sub) + placement_problems(record, sub))
+    results_by_seed, results_problems = stored_results(record, sub)
+    rules = [problem for seed, results in results_by_seed.items()
+             for problem in run_problems(f"results/seed{seed}.json", results, sub["track"])]
+    return (problems + size_problems(sub) + code_problems(record, sub, results_by_seed)
+            + log_problems(record, sub) + summary_problems(sub) + placement_problems(record, sub)
+            + results_problems + rules)
 
 
 def is_record_dir(path: Path) -> bool:
-    markers = ("submission.json", "train_gpt.py")
-    return any((path / m).is_file() for m in markers) or path.parent.name in TRACKS
+    return (path / "submission.json").is_file() or path.parent.name in TRACKS
 
 
 def find_record_dirs(path: str | Path) -> list[Path]:
-    """Record folders at or below path: a folder holding submission.json or train_gpt.py, or any
-    folder directly inside a track folder (so a record missing both is still found)."""
+    """Record folders at or below path: a folder holding submission.json (write always makes
+    one), or any folder directly inside a track folder (so a record missing it is still found).
+    train_gpt.py is no marker: the repository root holds one too."""
     path = Path(path)
     if not path.is_dir():
         return []
@@ -802,16 +912,14 @@ def welch_margin_test(new: Sequence[float], old: Sequence[float], margin: float 
     }
 
 
-def seed_values(record: str | Path, metric: str) -> list[float]:
-    """Per-seed values of metric from a record's submission.json."""
+def valid_seed_values(record: str | Path, metric: str) -> list[float]:
+    """Per-seed values of metric from a record's submission.json; RecordError naming every
+    problem if the record does not validate."""
+    problems = validate_record(record)
+    if problems:
+        raise RecordError(f"{record} is not a valid record: {'; '.join(problems)}")
     sub = read_json(Path(record) / "submission.json")
-    results = sub.get("seed_results") if isinstance(sub, dict) else None
-    if not isinstance(results, dict) or not results:
-        raise RecordError(f"{record}: submission.json has no seed_results")
-    values = [r.get(metric) if isinstance(r, dict) else None for r in results.values()]
-    if any(json_type(v) not in (NUMBER, INTEGER) for v in values):
-        raise RecordError(f"{record}: seed_results lack a numeric {metric} for every seed")
-    return values
+    return [result[metric] for result in sub["seed_results"].values()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,7 +963,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    new, old = seed_values(args.new, args.metric), seed_values(args.old, args.metric)
+    new, old = valid_seed_values(args.new, args.metric), valid_seed_values(args.old, args.metric)
     try:
         r = welch_margin_test(new, old, args.margin, args.alpha)
     except ValueError as e:

@@ -40,9 +40,10 @@ def script(tmp_path: Path) -> Path:
 def make_run(workdir: Path, script: Path, seed: int, pre_bpb: float, *,
              quant_gap: float | None = 0.011,
              bytes_model: int = 13_812_345, config: dict | None = None,
-             date: str = "2026-11-22") -> Path:
+             date: str = "2026-11-22", **fields) -> Path:
     """Write logs/<run_id>.txt and logs/<run_id>.results.json as train_gpt.py would; return the
-    results path. quant_gap=None makes a run without export (score = pre-quant bf16)."""
+    results path. quant_gap=None makes a run without export (score = pre-quant bf16); its config
+    says export.enabled false unless config says otherwise. fields override results.json fields."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run_id = f"gdn_s{seed}"
@@ -71,6 +72,7 @@ def make_run(workdir: Path, script: Path, seed: int, pre_bpb: float, *,
 
     resolved = json.loads(json.dumps(config or CONFIG))
     resolved["train"]["seed"] = seed
+    resolved.setdefault("export", {}).setdefault("enabled", quantized)
     results = {
         "run_id": run_id, "date": date, "model_preset": "gdn_hybrid", "layout": "GGGGAGGGAG",
         "seed": seed, "world_size": 1, "hardware": "1xNVIDIA H100 80GB HBM3",
@@ -92,9 +94,14 @@ def make_run(workdir: Path, script: Path, seed: int, pre_bpb: float, *,
         "code_sha256": records.sha256_of(script), "config": resolved,
         "data_name": "fineweb10B_sp8192",
     }
+    results.update(fields)
     path = logs / f"{run_id}.results.json"
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+# results.json fields of a run on the challenge's hardware (as train_gpt.py writes them).
+ON_8XH100 = dict(world_size=8, hardware="8xNVIDIA H100 80GB HBM3")
 
 
 def make_runs(workdir: Path, script: Path, pre_bpbs: list[float], **kwargs) -> list[Path]:
@@ -209,6 +216,15 @@ def code_bytes_differ(record: Path) -> None:
         f.write("# edited after the run\n")
 
 
+def code_edited_same_size(record: Path) -> None:
+    script = record / "train_gpt.py"
+    script.write_text(script.read_text().replace("training", "TRAINING"))
+
+
+def results_missing(record: Path) -> None:
+    (record / "results" / "seed42.json").unlink()
+
+
 def malformed_json(record: Path) -> None:
     (record / "submission.json").write_text('{"author": "A", "val_bpb": 1.13,')
 
@@ -223,6 +239,8 @@ def mean_disagrees(record: Path) -> None:
     (over_limit, "exceeds the 16,000,000-byte artifact limit"),
     (log_disagrees, "train_seed42.log: final line val_bpb"),
     (code_bytes_differ, "train_gpt.py has"),
+    (code_edited_same_size, "train_gpt.py has sha256"),
+    (results_missing, "results/seed42.json is missing (seed 42 is in seed_results)"),
     (malformed_json, "submission.json is not valid JSON"),
     (mean_disagrees, "val_bpb 1.0 disagrees with seed_results"),
 ])
@@ -253,6 +271,21 @@ def test_validate_finds_a_record_missing_its_marker_files(record: Path, capsys):
     code, out, _ = cli(capsys, "validate", record.parent.parent)
     assert code == 1 and f"{record}: submission.json is missing" in out
     assert f"{record}: train_gpt.py is missing" in out
+
+
+def test_code_edited_same_size_is_named_by_sha_not_by_size(record: Path):
+    code_edited_same_size(record)
+    expected = json.loads((record / "results" / "seed42.json").read_text())["code_sha256"]
+    problems = records.validate_record(record)
+    assert len(problems) == 3 and not any("bytes" in p for p in problems), problems
+    assert any("results/seed42.json has code_sha256 " + expected in p for p in problems)
+
+
+def test_validate_at_the_repo_root_finds_only_the_records(record: Path, script: Path, capsys):
+    repo = record.parent.parent.parent  # tmp_path: train_gpt.py and records/ side by side
+    assert (repo / "train_gpt.py").is_file()
+    code, out, _ = cli(capsys, "validate", repo)
+    assert code == 0 and out == f"ok {record}\n"
 
 
 def test_validate_path_without_records(tmp_path: Path, capsys):
@@ -295,7 +328,132 @@ def test_write_refuses_runs_with_different_configs(tmp_path: Path, script: Path)
         records.write_record("track_local", "x", runs, records_dir=tmp_path / "records",
                              script=script)
     # Only the learning rate is named: the seeds (config.train.seed) may differ.
-    assert str(info.value).endswith("differ in more than the seed: config.optim.matrix_lr")
+    assert str(info.value).endswith("differ): config.optim.matrix_lr")
+
+
+def test_write_accepts_runs_that_differ_only_in_the_run_section(tmp_path: Path, script: Path):
+    """sweep.py gives every job its own run.log_dir and run.run_id; wandb settings are tracking."""
+    runs = []
+    for seed, mode in ((1, "disabled"), (2, "offline")):
+        config = json.loads(json.dumps(CONFIG))
+        config["run"] = {"run_id": f"job{seed}", "log_dir": f"sweeps/g/train.seed={seed}",
+                         "wandb_mode": mode, "wandb_group": "g"}
+        runs.append(make_run(tmp_path / f"job{seed}", script, seed, 1.12, config=config))
+    dest = records.write_record("track_local", "sweep", runs, records_dir=tmp_path / "records",
+                                script=script)
+    assert records.validate_record(dest) == []
+    assert "apart from `train.seed` and `run.*`" in (dest / "README.md").read_text()
+
+
+@pytest.mark.parametrize("present, null", [("q_val_bpb", "q_val_loss"),
+                                           ("q_val_loss", "q_val_bpb")])
+def test_write_refuses_half_a_round_trip_score(tmp_path: Path, script: Path, capsys, present, null):
+    path = make_run(tmp_path / "run", script, 1, 1.12, **{null: None})
+    code, _, err = cli(capsys, "write", "--track", "track_local", "--name", "x", "--results", path,
+                       "--records-dir", tmp_path / "records", "--script", script)
+    assert code == 2 and "Traceback" not in err
+    assert f"{path}: field '{present}' is set but '{null}' is null" in err
+    assert not (tmp_path / "records").exists()
+
+
+def test_write_refuses_an_export_that_did_not_finish(tmp_path: Path, script: Path):
+    """export.enabled but no round-trip score: results.json of a run whose export crashed."""
+    config = json.loads(json.dumps(CONFIG))
+    config["export"] = {"enabled": True}
+    path = make_run(tmp_path / "run", script, 1, 1.12, quant_gap=None, config=config)
+    with pytest.raises(records.RecordError) as info:
+        records.write_record("track_local", "x", [path], records_dir=tmp_path / "records",
+                             script=script)
+    assert str(info.value) == (f"{path}: config.export.enabled is true but q_val_loss and "
+                               "q_val_bpb are null: the export did not finish, so the run has no "
+                               "round-trip score")
+
+
+def test_write_refuses_a_config_without_export_enabled(tmp_path: Path, script: Path):
+    path = make_run(tmp_path / "run", script, 1, 1.12)
+    results = json.loads(path.read_text())
+    del results["config"]["export"]
+    path.write_text(json.dumps(results))
+    with pytest.raises(records.RecordError, match="config.export.enabled is missing"):
+        records.write_record("track_local", "x", [path], records_dir=tmp_path / "records",
+                             script=script)
+
+
+@pytest.mark.parametrize("track", ["track_10min_16mb", "track_non_record_16mb"])
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(quant_gap=None), "q_val_loss, q_val_bpb, artifact_sha256 are null"),
+    (dict(artifact_sha256=None), "artifact_sha256 is null"),
+])
+def test_16mb_tracks_need_a_quantized_artifact(tmp_path: Path, script: Path, track, kwargs, named):
+    runs = make_runs(tmp_path / "run", script, [1.12, 1.13], **ON_8XH100, **kwargs)
+    with pytest.raises(records.RecordError) as info:
+        records.write_record(track, "x", runs, records_dir=tmp_path / "records", script=script)
+    assert f"{runs[0]}: {named}: {track} needs a quantized artifact" in str(info.value)
+    # The same runs are fine on track_local, where a bf16 score is allowed.
+    records.write_record("track_local", "x", runs, records_dir=tmp_path / "records", script=script)
+
+
+def test_write_on_the_10min_track_accepts_a_run_within_its_rules(tmp_path: Path, script: Path):
+    runs = make_runs(tmp_path / "run", script, [1.12, 1.13], **ON_8XH100, train_time_s=599.9,
+                     eval_time_s=600.0)
+    dest = records.write_record("track_10min_16mb", "x", runs, records_dir=tmp_path / "records",
+                                script=script)
+    assert records.validate_record(dest) == []
+
+
+@pytest.mark.parametrize("fields, named", [
+    (dict(world_size=1, hardware="1xNVIDIA H100 80GB HBM3"),
+     ["world_size is 1", "hardware is '1xNVIDIA H100 80GB HBM3'"]),
+    (dict(world_size=8, hardware="8xNVIDIA A100-SXM4-80GB"),
+     ["hardware is '8xNVIDIA A100-SXM4-80GB'"]),
+    (dict(**ON_8XH100, data_name="debian_docs_sp8192"), ["data_name is 'debian_docs_sp8192'"]),
+    (dict(**ON_8XH100, train_time_s=600.5), ["train_time_s is 600.5"]),
+    (dict(**ON_8XH100, eval_time_s=900.0), ["eval_time_s is 900.0"]),
+    (dict(**ON_8XH100, eval_time_s=None), ["eval_time_s is null"]),
+])
+def test_write_checks_the_10min_track_rules(tmp_path: Path, script: Path, fields, named):
+    runs = make_runs(tmp_path / "run", script, [1.12, 1.13], **fields)
+    with pytest.raises(records.RecordError) as info:
+        records.write_record("track_10min_16mb", "x", runs, records_dir=tmp_path / "records",
+                             script=script)
+    message = str(info.value)
+    for name in named:
+        assert f"{runs[0]}: {name}; track_10min_16mb requires" in message
+    # Only these rules are named (write stops at the first run's problems).
+    assert message.count("; track_10min_16mb requires") == len(named)
+    assert "track_local" in message
+    records.write_record("track_local", "x", runs, records_dir=tmp_path / "records", script=script)
+
+
+def test_the_reviewers_cpu_run_cannot_enter_the_10min_track(tmp_path: Path, script: Path, capsys):
+    runs = make_runs(tmp_path / "run", script, [1.12, 1.13, 1.125], hardware="1xCPU",
+                     data_name="debian_docs_sp8192", train_time_s=5000.0, eval_time_s=900.0)
+    code, _, err = cli(capsys, "write", "--track", "track_10min_16mb", "--name", "cpu",
+                       "--results", *runs, "--records-dir", tmp_path / "records",
+                       "--script", script)
+    assert code == 2 and not (tmp_path / "records").exists()
+    for named in ("world_size is 1", "hardware is '1xCPU'", "data_name is 'debian_docs_sp8192'",
+                  "train_time_s is 5000.0", "eval_time_s is 900.0"):
+        assert f"{runs[0]}: {named}" in err, named
+
+
+def test_validate_checks_track_rules_on_the_stored_results(tmp_path: Path, record: Path):
+    """A 1xH100 track_local record moved into track_10min_16mb is reported and not ranked."""
+    moved = tmp_path / "records" / "track_10min_16mb" / record.name
+    moved.parent.mkdir()
+    record.rename(moved)
+    edit_submission(moved, track="track_10min_16mb")
+    expected = []
+    for seed in (1337, 42, 2025):
+        expected += [
+            f"results/seed{seed}.json: world_size is 1; track_10min_16mb requires 8 GPUs "
+            "(8xH100): use track_non_record_16mb or track_local",
+            f"results/seed{seed}.json: hardware is '1xNVIDIA H100 80GB HBM3'; track_10min_16mb "
+            "requires 8 H100 GPUs ('8x<H100 device name>'): use track_non_record_16mb or "
+            "track_local"]
+    assert records.validate_record(moved) == expected
+    board = records.leaderboard(tmp_path / "records")
+    assert "## track_10min_16mb" not in board and "## Not ranked" in board
 
 
 def test_write_refuses_unknown_track(tmp_path: Path, script: Path, capsys):
@@ -357,7 +515,7 @@ def test_leaderboard_groups_by_track_and_ranks_by_val_bpb(tmp_path: Path, script
     entries = [("track_local", "mid", 1.13), ("track_local", "best", 1.11),
                ("track_local", "worst", 1.15), ("track_10min_16mb", "record", 1.12)]
     for i, (track, name, bpb) in enumerate(entries):
-        runs = make_runs(tmp_path / f"run{i}", script, [bpb, bpb + 0.001])
+        runs = make_runs(tmp_path / f"run{i}", script, [bpb, bpb + 0.001], **ON_8XH100)
         records.write_record(track, name, runs, records_dir=tmp_path / "records", script=script)
     broken = records.write_record("track_local", "broken",
                                   make_runs(tmp_path / "run_b", script, [1.0, 1.0]),
@@ -374,7 +532,7 @@ def test_leaderboard_groups_by_track_and_ranks_by_val_bpb(tmp_path: Path, script
     assert [row.split(" | ")[0] for row in local_rows] == ["| 1", "| 2", "| 3"]
     assert "1.12150000 ± 0.00070711 (n=2)" in sections[2]  # best: mean of 1.121, 1.122
     assert "broken" in sections[3] and "train_gpt.py has" in sections[3]
-    assert "1xNVIDIA H100 80GB HBM3" in board and "gdn_hybrid" in board
+    assert "8xNVIDIA H100 80GB HBM3" in board and "gdn_hybrid" in board
 
 
 def test_leaderboard_cli(record: Path, capsys):
@@ -472,6 +630,22 @@ def test_compare_cli(tmp_path: Path, script: Path, capsys):
     assert code == 0 and "clears: no" in out
     code, _, err = cli(capsys, "compare", new, tmp_path / "nowhere")
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("broken", ["new", "old"])
+def test_compare_refuses_an_invalid_record(tmp_path: Path, script: Path, capsys, broken):
+    """A record over the artifact limit must not be reported as clearing the bar."""
+    kwargs = dict(records_dir=tmp_path / "records", script=script)
+    sizes = {"new": 13_812_345, "old": 13_812_345, broken: 19_000_000}
+    old = records.write_record("track_local", "old", make_runs(
+        tmp_path / "o", script, [1.1300, 1.1310, 1.1295], bytes_model=sizes["old"]), **kwargs)
+    new = records.write_record("track_local", "new", make_runs(
+        tmp_path / "n", script, [1.1200, 1.1205, 1.1195], bytes_model=sizes["new"]), **kwargs)
+    code, out, err = cli(capsys, "compare", new, old)
+    invalid = {"new": new, "old": old}[broken]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"{invalid} is not a valid record: bytes_total 19,0" in err
+    assert "exceeds the 16,000,000-byte artifact limit" in err
 
 
 def test_module_imports_neither_torch_nor_scipy():
