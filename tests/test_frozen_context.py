@@ -2,6 +2,7 @@
 cache, the gradient split, the W_q context dependence, left padding and the GDN effective attention, for our hybrid
 (train_gpt.GPT) and a tiny random-init Hugging Face Qwen3.5."""
 import json
+import weakref
 
 import pytest
 import torch
@@ -173,3 +174,203 @@ def test_cli_on_a_saved_qwen_checkpoint(qwen, tmp_path):
     assert saved["checks"] == report["checks"] and all(c["passed"] for c in saved["checks"].values())
     assert set(saved["tiers"]) == set(fc.TIERS) and saved["tiers"]["frozen"]["peak_mib"] is None
     assert len(saved["effective_attention"]["layers"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpointing, gradient groups, peak-memory windows, bad input.
+
+@pytest.mark.parametrize("tier", list(fc.TIERS))
+def test_checkpointed_tiers_recompute_every_layer(setup, tier):
+    """Checkpointed and plain gradients are bit-identical on a CPU, so only the call count shows checkpointing is on:
+    with it every layer's forward runs again in backward. Counted on each layer's MLP (the layer's own forward is
+    the checkpointed function, called directly), with grad enabled only: the no_grad prefill does not count."""
+    runner, calls = setup.runner, []
+
+    def count(module, args):
+        if torch.is_grad_enabled():
+            calls.append(module)
+
+    handles = [layer.mlp.register_forward_pre_hook(count) for layer in runner.layers()]
+    try:
+        fc.run_tier(runner, setup.batch, tier)
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps = 2 if tier.startswith("frozen") else 1
+    per_step = 2 if tier.endswith("_ckpt") else 1
+    assert [calls.count(layer.mlp) for layer in runner.layers()] == [steps * per_step] * len(runner.layers())
+
+
+# (block type, group) per parameter, written out from the parameter names. Hybrid (train_gpt.GPT): keyed by the
+# layer's letter in the layout and the name after "blocks.<i>."; Hugging Face Qwen3.5: keyed by the name after
+# "blocks.<i>." (self_attn.q_proj is split into its query and output-gate rows).
+HYBRID_GROUPS = {
+    ("G", "mixer.q_proj.weight"): ("gdn", "qkv"), ("G", "mixer.k_proj.weight"): ("gdn", "qkv"),
+    ("G", "mixer.v_proj.weight"): ("gdn", "qkv"), ("G", "mixer.q_conv"): ("gdn", "conv"),
+    ("G", "mixer.k_conv"): ("gdn", "conv"), ("G", "mixer.v_conv"): ("gdn", "conv"),
+    ("G", "mixer.g_proj.weight"): ("gdn", "z"), ("G", "mixer.a_proj.weight"): ("gdn", "a"),
+    ("G", "mixer.b_proj.weight"): ("gdn", "b"), ("G", "mixer.A_log"): ("gdn", "A_log"),
+    ("G", "mixer.dt_bias"): ("gdn", "dt_bias"), ("G", "mixer.norm_weight"): ("gdn", "norm"),
+    ("G", "mixer.o_proj.weight"): ("gdn", "out"),
+    ("A", "mixer.q_proj.weight"): ("attn", "q"), ("A", "mixer.k_proj.weight"): ("attn", "k"),
+    ("A", "mixer.v_proj.weight"): ("attn", "v"), ("A", "mixer.o_proj.weight"): ("attn", "o"),
+    ("G", "mlp.fc.weight"): ("mlp", "mlp"), ("G", "mlp.proj.weight"): ("mlp", "mlp"),
+    ("A", "mlp.fc.weight"): ("mlp", "mlp"), ("A", "mlp.proj.weight"): ("mlp", "mlp"),
+    (None, "embed.weight"): ("embed", "embed"), (None, "skip_weights"): ("skip", "skip"),
+}
+QWEN_GROUPS = {
+    "linear_attn.in_proj_qkv.weight": ("gdn", "qkv"), "linear_attn.in_proj_z.weight": ("gdn", "z"),
+    "linear_attn.in_proj_b.weight": ("gdn", "b"), "linear_attn.in_proj_a.weight": ("gdn", "a"),
+    "linear_attn.conv1d.weight": ("gdn", "conv"), "linear_attn.dt_bias": ("gdn", "dt_bias"),
+    "linear_attn.A_log": ("gdn", "A_log"), "linear_attn.norm.weight": ("gdn", "norm"),
+    "linear_attn.out_proj.weight": ("gdn", "out"),
+    "self_attn.q_proj.weight:query": ("attn", "q"), "self_attn.q_proj.weight:gate": ("attn", "gate"),
+    "self_attn.k_proj.weight": ("attn", "k"), "self_attn.v_proj.weight": ("attn", "v"),
+    "self_attn.o_proj.weight": ("attn", "o"), "self_attn.q_norm.weight": ("attn", "qk_norm"),
+    "self_attn.k_norm.weight": ("attn", "qk_norm"),
+    "mlp.gate_proj.weight": ("mlp", "mlp"), "mlp.up_proj.weight": ("mlp", "mlp"), "mlp.down_proj.weight": ("mlp", "mlp"),
+    "input_layernorm.weight": ("norm", "norm"), "post_attention_layernorm.weight": ("norm", "norm"),
+    "model.embed_tokens.weight": ("embed", "embed"), "lm_head.weight": ("embed", "embed"),
+    "model.norm.weight": ("norm", "norm"),
+}
+
+
+def expected_group(runner, name: str) -> tuple[str, str]:
+    parts = name.split(".", 2)
+    if runner.arch == "hybrid":
+        return HYBRID_GROUPS[(runner.layout[int(parts[1])], parts[2]) if parts[0] == "blocks" else (None, name)]
+    return QWEN_GROUPS[parts[2] if parts[0] == "blocks" else name]
+
+
+def test_every_parameter_lands_in_its_group(setup):
+    runner = setup.runner
+    entries = runner.split_entries({n: p.detach() for n, p in runner.model.named_parameters()})
+    expected = {name: expected_group(runner, name) for name, _ in entries}
+    assert {name: runner.categorize(name) for name, _ in entries} == expected
+    assert {kind for kind, _ in expected.values()} >= {"gdn", "attn", "mlp", "embed"}  # both mixer types covered
+    split = fc.tg.split_gradient(entries, runner.categorize)
+    assert set(split["group"]) == {f"{kind}.{group}" for kind, group in expected.values()}
+
+
+def test_qwen_attention_gate_rows_are_the_gate(qwen):
+    """q_proj emits query and output gate interleaved per head. The query passes through q_norm (an RMSNorm), so
+    scaling the query rows leaves the attention output unchanged; scaling the gate rows changes it. The rows are the
+    ones split_entries (gradient split) and query_grads (W_q context dependence) take as query and gate."""
+    runner = qwen.runner
+    index, attn = next((i, layer.self_attn) for i, layer in enumerate(runner.layers()) if hasattr(layer, "self_attn"))
+    name = f"model.layers.{index}.self_attn.q_proj.weight"
+    weight = attn.q_proj.weight
+    row_ids = torch.arange(weight.shape[0], dtype=torch.float64)[:, None].expand_as(weight).contiguous()
+    halves = dict(runner.split_entries({name: row_ids}))
+    rows = {part: halves[f"blocks.{index}.self_attn.q_proj.weight:{part}"].reshape(-1, weight.shape[1])[:, 0].long()
+            for part in ("query", "gate")}
+    assert torch.equal(runner.query_grads({name: row_ids})["attn"].view(-1, weight.shape[1])[:, 0].long(),
+                       rows["query"])
+    assert sorted((rows["query"].tolist() + rows["gate"].tolist())) == list(range(weight.shape[0]))
+
+    outputs = []
+    hook = attn.register_forward_hook(lambda mod, args, out: outputs.append(out[0].detach().clone()))
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            for part in (None, "query", "gate"):
+                weight.copy_(original)
+                if part:
+                    weight[rows[part]] *= 3.0
+                runner.plain_forward(qwen.tokens[:, :24])
+    finally:
+        hook.remove()
+        with torch.no_grad():
+            weight.copy_(original)
+    plain, query_scaled, gate_scaled = outputs
+    assert fc.relative_error(query_scaled, plain) < 1e-3
+    assert fc.relative_error(gate_scaled, plain) > 1e-2
+
+
+def test_peak_memory_windows_hold_only_the_training_steps(setup, monkeypatch):
+    """CUDA peaks cannot be read on a CPU: fake the window functions and log the order of events. Every timed step
+    lies inside a window, no gradient copy does, and no step starts while an earlier step's outputs are alive."""
+    events, outputs = [], []
+    real_step, real_collect = fc.train_step, fc.collect_grads
+
+    def step(*args):
+        events.append(("step", sum(ref() is not None for ref in outputs)))
+        loss, logits = real_step(*args)
+        outputs.extend([weakref.ref(loss), weakref.ref(logits)])
+        return loss, logits
+
+    def collect(model):
+        events.append(("collect", None))
+        return real_collect(model)
+
+    monkeypatch.setattr(fc, "train_step", step)
+    monkeypatch.setattr(fc, "collect_grads", collect)
+    monkeypatch.setattr(fc, "reset_peak", lambda device: events.append(("reset", None)) or 0)
+    monkeypatch.setattr(fc, "peak_mib", lambda device, base: events.append(("peak", None)) or (len(events), 0.0))
+    result = fc.run_tier(setup.runner, setup.batch, "frozen", warmup=2, repeats=3)
+    inside, steps_in_windows = False, 0
+    for kind, alive in events:
+        assert kind != "collect" or not inside, events
+        if kind == "step":
+            assert alive == 0, events  # earlier losses / logits released before the step
+            steps_in_windows += inside
+        inside = {"reset": True, "peak": False}.get(kind, inside)
+    assert steps_in_windows == 5 and [kind for kind, _ in events].count("collect") == 2
+    peaks = [i + 1 for i, (kind, _) in enumerate(events) if kind == "peak"]
+    assert result.peak_mib == max(peaks[-3:])  # the largest peak of the timed steps (the last 3)
+
+
+def test_hybrid_without_attention_reports_the_wq_check_as_na(capsys):
+    report = fc.main([*HYBRID_ARGS, "tiers", "--layers", "3", "--full-attn-every", "4", "--context", "20",
+                      "--decision", "4", "--device", "cpu", "--warmup", "0", "--repeats", "1"])
+    assert report["model"]["layout"] == "GGG"
+    wq = report["checks"]["attn_wq_depends_on_context"]
+    assert wq["passed"] is None and wq["value"] is None
+    assert fc.exit_status(report) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "attn_wq_depends_on_context" in line)
+    assert line.split()[-1] == "n/a"
+    report["checks"]["frozen_state_unchanged"]["passed"] = False
+    assert fc.exit_status(report) == 1
+
+
+def test_qwen_without_full_attention_is_rejected_before_any_tier(monkeypatch):
+    monkeypatch.setattr(fc, "run_tier", lambda *a, **k: pytest.fail("a tier ran"))
+    with pytest.raises(ValueError, match=r"--arch qwen3_5 with --layers 3 --full-attn-every 4 has no full_attention"):
+        fc.main([*QWEN_ARGS, "--layers", "3", "--device", "cpu", "--context", "20", "--decision", "4"])
+    # The effective attention needs no cache: that mode still runs.
+    report = fc.main([*QWEN_ARGS, "effective-attention", "--layers", "3", "--device", "cpu", "--context", "20",
+                      "--decision", "4", "--ea-length", "16"])
+    assert len(report["effective_attention"]["layers"]) == 3
+
+
+@pytest.mark.parametrize("size", [[], ["--hidden", "112"], ["--set", "model.model_dim=112"]])
+def test_hybrid_intermediate_sets_the_mlp_width(size):
+    """--intermediate is the MLP width whatever sets the model width (preset, --hidden or --set model.model_dim);
+    230 / 112 is one of the ratios whose float product truncates to one less."""
+    tiny = [a for o in TINY if o.startswith("model.") and "model_dim" not in o for a in ("--set", o)]
+    args = fc.parse_args(["--arch", "hybrid", *tiny, *size, "--intermediate", "230", "--layers", "2", "--device", "cpu"])
+    runner, _ = fc.build_runner(args)
+    width = 112 if size else fc.tg.ModelConfig.model_dim
+    assert all(layer.mlp.fc.weight.shape == (230, width) for layer in runner.layers())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--warmup", "-1"], "--warmup -1: expected an integer >= 0"),
+    (["--full-attn-every", "0"], "--full-attn-every 0: expected an integer >= 1"),
+    (["--context", "0"], "--context 0: expected an integer >= 1"),
+    (["--decision", "0"], "--decision 0: expected an integer >= 1"),
+    (["--repeats", "0"], "--repeats 0: expected an integer >= 1"),
+    (["--batch", "0"], "--batch 0: expected an integer >= 1"),
+    (["--arch", "qwen3_5", "--decision", "1"], "--decision 1: expected an integer >= 2 for --arch qwen3_5"),
+    (["--arch", "qwen3_5", "--set", "foo"], "--set 'foo': expected KEY=VALUE"),
+    (["--set", "model.mlp_mult=2", "--intermediate", "100"], "drop one of --intermediate and --set model.mlp_mult"),
+])
+def test_bad_cli_input_is_rejected_up_front(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fc.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_qwen_one_token_decision_is_fine_for_the_effective_attention_alone():
+    assert fc.parse_args(["effective-attention", "--arch", "qwen3_5", "--decision", "1"]).decision == 1
