@@ -10,7 +10,7 @@ The GDN recurrence runs on FLA's Triton kernels on CUDA and on a plain-torch chu
 """
 from __future__ import annotations
 
-import contextlib, copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, resource, subprocess, sys, time, uuid
+import contextlib, copy, dataclasses, glob, hashlib, importlib.util, json, lzma, math, os, platform, resource, subprocess, sys, time, traceback, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +112,7 @@ class RunConfig:
     wandb_mode: str = "disabled"        # disabled | offline | online
     wandb_project: str = "gdn-hybrid"
     wandb_group: str = ""
+    save_model: bool = True             # logs/<run_id>.model.pt: the trained weights, written before export and eval
 
 @dataclass
 class Config:
@@ -131,7 +132,7 @@ RANGE_TESTS = {"> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1, "in [0
 RANGES = {key: rule for rule, keys in {"> 0": "model.vocab_size model.model_dim model.num_heads model.num_kv_heads model.mlp_mult "
           "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.conv_size model.chunk_size model.rope_base "
           "model.logit_softcap train.seq_len train.global_batch_tokens train.micro_batch_seqs train.muon_ns_steps train.adam_eps "
-          "train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block export.calib_seqs",
+          "train.max_wallclock_seconds train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block export.calib_seqs",
           "in [0, 1)": "train.muon_momentum train.muon_momentum_start train.adam_beta1 train.adam_beta2 train.ema_decay",
           "in [0, 1]": "train.warmdown_frac", "in 2..8": "export.matrix_bits export.embed_bits"}.items() for key in keys.split()}
 
@@ -168,24 +169,30 @@ def validate_config(cfg: Config) -> Config:
     if not m.layout or set(m.layout) - {"G", "A"}:
         raise ValueError(f"config model.layout: {m.layout!r} must be a non-empty string of G and A")
     if m.model_dim % m.num_heads or m.num_heads % m.num_kv_heads or (m.model_dim // m.num_heads) % 2:
-        raise ValueError("config model: model_dim must split into num_heads even-sized heads, "
-                         "and num_heads must be a multiple of num_kv_heads")
+        raise ValueError("config model: model_dim must split into num_heads even-sized heads, and num_heads must be a multiple of num_kv_heads")
     if (m.gdn_head_dim * m.gdn_expand_v) % 1:
         raise ValueError("config model.gdn_expand_v: gdn_head_dim * gdn_expand_v must be an integer")
     if t.global_batch_tokens % t.seq_len:
-        raise ValueError(f"config train.global_batch_tokens ({t.global_batch_tokens}) must be a multiple "
-                         f"of train.seq_len ({t.seq_len})")
+        raise ValueError(f"config train.global_batch_tokens ({t.global_batch_tokens}) must be a multiple of train.seq_len ({t.seq_len})")
     if t.schedule == "steps" and t.max_steps <= 0:
         raise ValueError("config train.schedule=steps needs train.max_steps > 0")
     if not e.modes or set(e.modes) - {"plain", "sliding", "stateful"}:
         raise ValueError(f"config eval.modes: {e.modes} must be a non-empty subset of plain, sliding, stateful")
+    if cfg.export.enabled and not cfg.export.compressors:
+        raise ValueError("config export.compressors: empty; export needs at least one of " + ", ".join(COMPRESSORS))
     for name in cfg.export.compressors if cfg.export.enabled else []:
         if name not in COMPRESSORS or importlib.util.find_spec(COMPRESSORS[name]) is None:
             raise ValueError(f"config export.compressors: {name!r} is not one of {', '.join(COMPRESSORS)} "
                              f"with its module installed; install it or drop it from export.compressors")
     if e.stride <= 0 or e.stride > (e.seq_len or t.seq_len):
         raise ValueError(f"config eval.stride: {e.stride} must be in 1..eval seq_len")
+    if training_budget(cfg) <= 0:
+        raise ValueError(f"config train.max_wallclock_seconds: {t.max_wallclock_seconds} leaves no training time after "
+                         f"train.export_reserve_seconds={t.export_reserve_seconds} (calibration on train data)")
     return cfg
+
+def training_budget(cfg: Config) -> float:  # the clock less the reserve for calibration that reads train data inside it
+    return cfg.train.max_wallclock_seconds - cfg.train.export_reserve_seconds * (cfg.export.enabled and cfg.export.calib_source == "train")
 
 def load_config(argv: list[str]) -> Config:
     """Compose conf/ with Hydra's compose API (or load a resolved --config file), apply overrides."""
@@ -216,7 +223,10 @@ def load_config(argv: list[str]) -> Config:
         ConfigStore.instance().store(name="schema", node=Config)
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             raw = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
-    return validate_config(config_from_dict(Config, raw))
+    try:
+        return validate_config(config_from_dict(Config, raw))
+    except ValueError as err:  # name the file the values came from
+        raise ValueError(f"{path}{' + overrides' * bool(overrides)}: {err}") if argv[:1] == ["--config"] else err
 
 def check_override_key(key: str) -> None:
     node, where = Config(), ""
@@ -242,15 +252,13 @@ class Dist:
 def init_distributed() -> Dist:
     rank, world, local_rank = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device := torch.device("cuda", local_rank))
     else:
         device = torch.device("cpu")
         torch.set_flush_denormal(True)  # strongly decayed GDN states underflow to denormals, 50x slower on CPU
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if
-                                device.type == "cuda" else None)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     return Dist(rank, world, local_rank, device)
 
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -273,7 +281,10 @@ class Logger:
             return
         os.makedirs(cfg.run.log_dir, exist_ok=True)
         self.path = os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.txt")
-        self.file = open(self.path, "a", encoding="utf-8")
+        if os.path.exists(self.path):  # never append to (or overwrite the results of) another run
+            raise FileExistsError(f"{self.path} exists: run.run_id={cfg.run.run_id} is taken; pick another or leave it empty")
+        self.file = open(self.path, "x", encoding="utf-8")
+        sys.excepthook = lambda *exc: (self.file.closed or self("".join(traceback.format_exception(*exc)), console=False), sys.__excepthook__(*exc))
         if cfg.run.wandb_mode != "disabled":
             import wandb
             self.wandb = wandb.init(project=cfg.run.wandb_project, group=cfg.run.wandb_group or None,
@@ -345,18 +356,15 @@ def read_shard_header(path: str) -> int:
                          f"but the file has {size} bytes (truncated or corrupt)")
     return num_tokens
 
-def open_shards(pattern: str) -> list[np.ndarray]:
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"no shards match {pattern!r} (build them: see README, 'Data')")
-    return [np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(read_shard_header(f),))
-            for f in files]
-
 class TokenStream:
-    """The concatenation of all shards as one virtual array, read by global position (wrapping around)."""
+    """The concatenation of all shards as one virtual array, read by global position (wrapping around); every read
+    is checked against the vocabulary (on the host, where the batch is anyway: no device sync)."""
 
-    def __init__(self, pattern: str):
-        self.shards = open_shards(pattern)
+    def __init__(self, pattern: str, vocab_size: int = 1 << 16):
+        if not (files := sorted(glob.glob(pattern))):
+            raise FileNotFoundError(f"no shards match {pattern!r} (build them: see README, 'Data')")
+        self.files, self.vocab_size = files, vocab_size
+        self.shards = [np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(read_shard_header(f),)) for f in files]
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
         self.total = int(self.starts[-1])
 
@@ -366,6 +374,8 @@ class TokenStream:
             i = int(np.searchsorted(self.starts, start, side="right")) - 1
             offset = start - int(self.starts[i])
             out.append(piece := self.shards[i][offset:offset + n])
+            if piece.size and (top := int(piece.max())) >= self.vocab_size:
+                raise ValueError(f"shard {self.files[i]}: token id {top} at token {offset + int(piece.argmax())} >= model.vocab_size={self.vocab_size}")
             n, start = n - len(piece), (start + len(piece)) % self.total
         return np.concatenate(out).astype(np.int64)
 
@@ -373,8 +383,8 @@ class TrainLoader:
     """Global batch = `global_batch_tokens` consecutive tokens cut into sequences; sequence j of a step goes to
     micro step j // (world * micro), rank (j // micro) % world, so the union over ranks never depends on world."""
 
-    def __init__(self, pattern: str, cfg: TrainConfig, d: Dist):
-        self.stream, self.d, self.seq_len, self.micro = TokenStream(pattern), d, cfg.seq_len, cfg.micro_batch_seqs
+    def __init__(self, pattern: str, cfg: TrainConfig, d: Dist, vocab_size: int = 1 << 16):
+        self.stream, self.d, self.seq_len, self.micro = TokenStream(pattern, vocab_size), d, cfg.seq_len, cfg.micro_batch_seqs
         seqs = cfg.global_batch_tokens // cfg.seq_len
         if seqs % (d.world * self.micro):
             raise ValueError(f"config: {seqs} sequences per step do not split into {d.world} ranks x "
@@ -392,13 +402,20 @@ class TrainLoader:
         self.position += self.step_tokens
         return batch
 
-def load_val_tokens(pattern: str, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([np.asarray(s) for s in open_shards(pattern)]).astype(np.int64)).to(device)
+def load_val_tokens(pattern: str, device: torch.device, vocab_size: int = 1 << 16) -> torch.Tensor:
+    stream = TokenStream(pattern, vocab_size)
+    return torch.from_numpy(stream.read(0, stream.total)).to(device)
 
 def load_data_meta(cfg: DataConfig) -> dict:
-    """The build's meta.json (entropy floor of synthetic data, token counts); optional unless data.meta_path is set."""
+    """The build's meta.json (entropy floor of synthetic data, token counts; optional unless data.meta_path is set),
+    checked against data.tokenizer_path: bits per byte counted with another tokenizer's pieces would be wrong."""
     path = cfg.meta_path or os.path.join(os.path.dirname(cfg.train_files), "meta.json")
-    return json.loads(Path(path).read_text()) if cfg.meta_path or os.path.exists(path) else {}
+    meta = json.loads(Path(path).read_text()) if cfg.meta_path or os.path.exists(path) else {}
+    if (want := meta.get("tokenizer_sha256")) and os.path.exists(cfg.tokenizer_path) and \
+            want != (sha := hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()):
+        raise ValueError(f"data.tokenizer_path {cfg.tokenizer_path} (sha256 {sha[:12]}...) is not the tokenizer {path} records "
+                         f"(tokenizer_sha256 {want[:12]}...): bits per byte would be counted with the wrong pieces")
+    return meta
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -600,8 +617,7 @@ def gdn_core_fwd(P: Tensor, conv_weight: Tensor, A_log: Tensor, dt_bias: Tensor,
     beta = beta_gate.fused_beta_sigmoid_fwd(b.contiguous())
     g = gate.gdn_gate_chunk_cumsum(a.contiguous(), A_log, C, scale=1.4426950216, dt_bias=dt_bias)  # FLA's 1/ln 2: log2
     w, u, A = chunk_fwd.chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g, beta=beta, chunk_size=C)
-    h, v_new, S = chunk_delta_h.chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=S0,
-                                                             output_final_state=want_state, chunk_size=C)
+    h, v_new, S = chunk_delta_h.chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=S0, output_final_state=want_state, chunk_size=C)
     o = chunk_o.chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g, scale=K ** -0.5, chunk_size=C)
     return [o, S if want_state else P.new_empty(0), q, k, v, beta, g, A, w, h, v_new]
 
@@ -621,17 +637,14 @@ def gdn_core_bwd(do: Tensor, dS: Tensor | None, saved: list[Tensor], conv_state:
     scale, Dc, do = K ** -0.5, 2 * H * K + H * V, do.contiguous()
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dS = dS.contiguous() if dS is not None and dS.numel() else None  # eager: may be expanded; compiled: empty if unused
-    dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS,
-                                                               scale=scale, chunk_size=C)
-    dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale,
-                                             chunk_size=C)
+    dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS, scale=scale, chunk_size=C)
+    dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale, chunk_size=C)
     dk2, dv, dbeta, dg2 = wy_fast.prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=dw, du=dv, g=g)
     da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + H].contiguous(), A_log, dt_bias,
                                              cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
     dP = torch.empty_like(P)
     dP[..., Dc:] = torch.cat([da, beta_gate.fused_beta_sigmoid_bwd(P[..., Dc + H:].contiguous(), dbeta)], dim=-1)
-    dconv, dstate = ShortConv.backward(P[..., :Dc], conv_weight, conv_state, (H, K, V), (dq, dk, dv), dP[..., :Dc],
-                                       want_dstate, dk2)
+    dconv, dstate = ShortConv.backward(P[..., :Dc], conv_weight, conv_state, (H, K, V), (dq, dk, dv), dP[..., :Dc], want_dstate, dk2)
     return [dP, dconv, dA_log, ddt_bias, P.new_empty(0) if dstate is None else dstate, P.new_empty(0) if dS0 is None else dS0]
 
 @gdn_core_bwd.register_fake
@@ -775,10 +788,8 @@ class Head(nn.Module):
         self.softcap = softcap
 
     def forward(self, x, weight, targets=None, reduction="mean"):
-        logits = F.linear(rms_norm(x), weight).float()
-        logits = self.softcap * torch.tanh(logits / self.softcap)
-        return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                                              reduction=reduction)
+        logits = self.softcap * torch.tanh(F.linear(rms_norm(x), weight).float() / self.softcap)
+        return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 class GPT(nn.Module):
     """Tied embedding -> blocks (with U-Net skips from the first half to the second) -> softcapped logits."""
@@ -793,8 +804,8 @@ class GPT(nn.Module):
         self.head = Head(cfg.logit_softcap)
 
     def compile_regions(self) -> None:
-        """Compile each block and the head separately (train.compile=regions): blocks of one kind share compiled
-        code, so compile time does not grow with depth (deep models); the step is ~4% slower than one whole graph."""
+        """Each block and the head compiled alone (train.compile=regions): compile time does not grow with depth (blocks
+        of one kind share code); the step is ~4% slower than one whole graph."""
         for block in self.blocks:
             block.compile()
         self.head.compile()
@@ -940,8 +951,8 @@ def build_byte_tables(tokenizer_path: str, vocab_size: int, device) -> tuple[tor
     if not os.path.exists(tokenizer_path):
         raise FileNotFoundError(f"tokenizer {tokenizer_path} does not exist (data.tokenizer_path)")
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-    if sp.vocab_size() > vocab_size:
-        raise ValueError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces > model.vocab_size={vocab_size}")
+    if sp.vocab_size() != vocab_size:
+        raise ValueError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces; model.vocab_size={vocab_size} must equal it")
     base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
@@ -985,13 +996,9 @@ def eval_windows(model, tokens, tables, windows: list[tuple[int, int, int]], bat
                 acc.add(model(x, y, reduction="none"), x, y, tables, torch.arange(length, device=x.device) >= first[:, None])
     return acc.result(t0)
 
-def plain_windows(n: int, seq_len: int) -> list[tuple[int, int, int]]:
-    """Non-overlapping windows over all n targets (the last one shorter), each scored in full."""
-    return [(s, min(seq_len, n - s), 0) for s in range(0, n, seq_len)]
-
 def sliding_windows(n: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """A window every `stride` tokens scoring only what the previous one did not reach: every scored target sees
-    at least seq_len - stride tokens of context (except in the first window)."""
+    at least seq_len - stride tokens of context (except in the first window). stride = seq_len: plain evaluation."""
     windows, covered, start = [], 0, 0
     while covered < n:
         end = min(start + seq_len, n)
@@ -1018,29 +1025,27 @@ def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int
         keep = torch.ones(rows, dtype=torch.bool, device=d.device)
         for r in range(rows):
             if slots[r] is None or slots[r][0] >= slots[r][1]:
-                slots[r], keep[r] = next(queue, None), False
-                slots[r] = None if slots[r] is None else list(slots[r])
+                slots[r], keep[r] = None if (doc := next(queue, None)) is None else list(doc), False
         if all(s is None for s in slots):
             break
         lengths = torch.tensor([0 if s is None else min(seq_len, s[1] - s[0]) for s in slots], device=d.device)
         starts_now = torch.tensor([0 if s is None else s[0] for s in slots], device=d.device)
         index = (starts_now[:, None] + positions[None]).clamp(max=n - 1)
         x, y, mask = tokens[index], tokens[index + 1], positions[None] < lengths[:, None]
-        for s in slots:
-            if s is not None:
-                s[0] += min(seq_len, s[1] - s[0])
+        for s in filter(None, slots):
+            s[0] += min(seq_len, s[1] - s[0])
         if state is not None:
             state = reset_rows(state, keep)
         with autocast(d):
             losses, state = model(x, y, state=state, want_state=True, reduction="none", attn_window=kv_window)
-        state = [s if len(s) == 2 else tuple(t[:, :, -(kv_window - 1):] if t.dim() == 4 else t[:, -(kv_window - 1):]
-                                             for t in s) for s in state]
+        state = [s if len(s) == 2 else tuple(t.narrow(dim, max(0, t.shape[dim] - kv_window + 1), min(t.shape[dim], kv_window - 1))
+                                             for t, dim in zip(s, (2, 2, 1))) for s in state]  # keys, values, valid
         acc.add(losses, x, y, tables, mask)
     return acc.result(t0)
 
 def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) -> dict[str, dict]:
     e, seq_len, n = cfg.eval, cfg.eval.seq_len or cfg.train.seq_len, val_tokens.numel() - 1
-    windows = {"plain": lambda: plain_windows(n, seq_len), "sliding": lambda: sliding_windows(n, seq_len, e.stride)}
+    windows = {"plain": lambda: sliding_windows(n, seq_len, seq_len), "sliding": lambda: sliding_windows(n, seq_len, e.stride)}
     return {mode: eval_stateful(model, val_tokens, tables, seq_len, e.kv_window or seq_len, e.batch_seqs, BOS_ID, d)
             if mode == "stateful" else eval_windows(model, val_tokens, tables, windows[mode](), e.batch_seqs, d)
             for mode in modes}
@@ -1053,8 +1058,9 @@ def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) 
 ARTIFACT_MAGIC, ARTIFACT_LIMIT = b"GDNQ", 16_000_000
 
 def quant_plan(model: GPT, cfg: ExportConfig) -> dict[str, tuple[int, float] | None]:
-    """name -> (bits, clip_k) for GPTQ-quantized matrices, None for tensors kept in fp16."""
-    return {name: None if p.ndim != 2 or p.numel() <= cfg.keep_float_max_numel else
+    """name -> (bits, clip_k) for GPTQ-quantized matrices (large, with an input Hessian), None for tensors kept in fp16."""
+    sources = hessian_sources(model)
+    return {name: None if p.ndim != 2 or p.numel() <= cfg.keep_float_max_numel or name not in sources else
             (cfg.embed_bits, cfg.embed_clip_k) if name == "embed.weight" else (cfg.matrix_bits, cfg.matrix_clip_k)
             for name, p in model.state_dict().items()}
 
@@ -1154,8 +1160,7 @@ def serialize(quantized: dict, packed: bool) -> bytes:
             offset = q.cpu().numpy().astype(np.int16).reshape(-1) + 2 ** (bits - 1)  # to unsigned
             data = pack_bits(offset, bits) if packed else offset.astype(np.uint8).tobytes()
             segments += [data, shuffle_bytes(scale.cpu().numpy())]
-            header.append(dict(name=name, kind="int", shape=list(q.shape), bits=bits, packed=packed,
-                               sizes=[len(data), len(segments[-1])]))
+            header.append(dict(name=name, kind="int", shape=list(q.shape), bits=bits, packed=packed, sizes=[len(data), len(segments[-1])]))
         else:
             segments.append(data := shuffle_bytes(entry[1].detach().float().cpu().numpy().reshape(-1)))
             header.append(dict(name=name, kind="fp16", shape=list(entry[1].shape), sizes=[len(data)]))
@@ -1178,17 +1183,10 @@ def deserialize(payload: bytes) -> dict[str, torch.Tensor]:
         pos += sum(t["sizes"])
     return state
 
-def compress(data: bytes, method: str) -> bytes:
-    if method == "brotli":
-        return __import__("brotli").compress(data, quality=11, lgwin=24)
-    if method == "zstd":
-        return __import__("zstandard").ZstdCompressor(level=22).compress(data)
-    return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
-
-def decompress(data: bytes, method: str) -> bytes:
-    if method == "zstd":
-        return __import__("zstandard").ZstdDecompressor().decompress(data)
-    return (__import__("brotli") if method == "brotli" else lzma).decompress(data)
+CODECS = {"brotli": (lambda b: __import__("brotli").compress(b, quality=11, lgwin=24), lambda b: __import__("brotli").decompress(b)),
+          "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),  # name -> (compress, decompress)
+          "zstd": (lambda b: __import__("zstandard").ZstdCompressor(level=22).compress(b),
+                   lambda b: __import__("zstandard").ZstdDecompressor().decompress(b))}
 
 def build_artifact(quantized: dict, compressors: list[str]) -> tuple[bytes, dict[str, int]]:
     """Try packed and byte-per-value layouts with every compressor (in parallel threads); keep the smallest."""
@@ -1196,7 +1194,7 @@ def build_artifact(quantized: dict, compressors: list[str]) -> tuple[bytes, dict
     payloads = {"packed": serialize(quantized, True), "bytes": serialize(quantized, False)}
     jobs = [(layout, method) for layout in payloads for method in compressors]
     with ThreadPoolExecutor(len(jobs)) as pool:
-        blobs = dict(zip(jobs, pool.map(lambda job: compress(payloads[job[0]], job[1]), jobs)))
+        blobs = dict(zip(jobs, pool.map(lambda job: CODECS[job[1]][0](payloads[job[0]]), jobs)))
     layout, method = min(blobs, key=lambda job: len(blobs[job]))
     sizes = {f"{lay}+{m}": len(b) for (lay, m), b in blobs.items()}
     return ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + blobs[(layout, method)], sizes
@@ -1204,17 +1202,16 @@ def build_artifact(quantized: dict, compressors: list[str]) -> tuple[bytes, dict
 def load_artifact(blob: bytes) -> dict[str, torch.Tensor]:
     if blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
         raise ValueError("not a GDNQ artifact (bad magic or compressor id)")
-    return deserialize(decompress(blob[5:], list(COMPRESSORS)[blob[4]]))
+    return deserialize(CODECS[list(COMPRESSORS)[blob[4]]][1](blob[5:]))
 
 def quantize_model(model: GPT, hessians: dict, cfg: ExportConfig) -> dict:
     quantized, plan = {}, quant_plan(model, cfg)
     for name, p in model.state_dict().items():
-        spec = plan[name]
-        if spec is None:
+        if (spec := plan[name]) is None:
             quantized[name] = ("fp16", p)
-        else:
-            q, scale = quantize_gptq(p, hessians[name], *spec, cfg.gptq_block, cfg.gptq_damp, cfg.act_order)
-            quantized[name] = ("int", q, scale.half(), spec[0])
+            continue
+        q, scale = quantize_gptq(p, hessians[name], *spec, cfg.gptq_block, cfg.gptq_damp, cfg.act_order)
+        quantized[name] = ("int", q, scale.half(), spec[0])
     return quantized
 
 def dequantize(quantized: dict) -> dict[str, torch.Tensor]:
@@ -1322,29 +1319,29 @@ class Trainer:
 
 def main(argv: list[str]) -> dict:
     cfg, d = load_config(argv), init_distributed()
-    if not cfg.run.run_id:  # made on rank 0, shared with all
-        box = [time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]]
-        if d.world > 1:
-            dist.broadcast_object_list(box, src=0)
-        cfg.run.run_id = box[0]
+    box = [cfg.run.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]]  # an empty id: made on rank 0
+    if d.world > 1:
+        dist.broadcast_object_list(box, src=0)
+    cfg.run.run_id = box[0]
+    if cfg.export.enabled and cfg.export.calib_seqs < d.world:  # a rank without rows would skip the Hessian reductions
+        raise ValueError(f"config export.calib_seqs: {cfg.export.calib_seqs} must be >= the world size {d.world}")
     log, tcfg = Logger(cfg, d), cfg.train
     code = Path(__file__).read_text(encoding="utf-8")
     log("\n".join([code, "=" * 100, environment_report(d)]), console=False)
     log("config:" + json.dumps(dataclasses.asdict(cfg), sort_keys=True))
-    if d.master:  # the resolved config, runnable as: train_gpt.py --config <this file> [overrides]
+    if d.master:  # the resolved config, runnable as: train_gpt.py --config <this file> [overrides]; a new run, a new id
         from omegaconf import OmegaConf
-        Path(cfg.run.log_dir, f"{cfg.run.run_id}.config.yaml").write_text(OmegaConf.to_yaml(dataclasses.asdict(cfg)))
+        saved = dataclasses.asdict(cfg) | {"run": dataclasses.asdict(cfg.run) | {"run_id": ""}}
+        Path(cfg.run.log_dir, f"{cfg.run.run_id}.config.yaml").write_text(OmegaConf.to_yaml(saved))
     meta = load_data_meta(cfg.data)
     tables = build_byte_tables(cfg.data.tokenizer_path, cfg.model.vocab_size, d.device)
-    val_tokens = load_val_tokens(cfg.data.val_files, d.device)
-    trainer = Trainer(cfg, d, TrainLoader(cfg.data.train_files, cfg.train, d))
+    val_tokens = load_val_tokens(cfg.data.val_files, d.device, cfg.model.vocab_size)
+    trainer = Trainer(cfg, d, TrainLoader(cfg.data.train_files, cfg.train, d, cfg.model.vocab_size))
     model, loader, n_params = trainer.model, trainer.loader, sum(p.numel() for p in trainer.model.parameters())
-    log(f"model:{cfg.model.preset} layout:{cfg.model.layout} params:{n_params} "
-        f"kernel:{resolve_kernel(cfg.model.kernel, d.device)} "
+    budget = training_budget(cfg)
+    log(f"model:{cfg.model.preset} layout:{cfg.model.layout} params:{n_params} kernel:{resolve_kernel(cfg.model.kernel, d.device)} "
         f"compile:{cfg.train.compile} world_size:{d.world} grad_accum_steps:{loader.accum_steps} "
-        f"train_tokens:{loader.stream.total} val_tokens:{val_tokens.numel()}")
-    budget = tcfg.max_wallclock_seconds - (tcfg.export_reserve_seconds if cfg.export.enabled and
-                                           cfg.export.calib_source == "train" else 0.0)
+        f"train_tokens:{loader.stream.total} val_tokens:{val_tokens.numel()} training_budget:{budget:.1f}s")
 
     if tcfg.warmup_steps > 0:  # compile and autotune on real steps, then restore weights, optimizer state, data position
         snap, t0 = trainer.snapshot(), time.perf_counter()
@@ -1404,9 +1401,12 @@ def main(argv: list[str]) -> dict:
         log(f"stopping_early: wallclock_cap train_time:{train_time:.1f}s step:{trainer.step}/{tcfg.max_steps}")
     trainer.apply_ema()
     steps, tokens_seen = trainer.step, trainer.step * tcfg.global_batch_tokens
+    epochs = tokens_seen / loader.stream.total  # past 1.0 the loader wrapped around: data repeated, calibration included
     log(f"train_time:{train_time:.1f}s steps:{steps} tokens_seen:{tokens_seen} "
         f"step_avg:{1000 * train_time / max(steps, 1):.2f}ms tok/s:{int(tokens_seen / max(train_time, 1e-9))} "
-        f"peak_mem_mib:{peak_memory_mib(d):.0f}")
+        f"peak_mem_mib:{peak_memory_mib(d):.0f} train_epochs:{epochs:.3f}" + " WARNING:train_data_repeated" * (epochs > 1))
+    if d.master and cfg.run.save_model:  # the trained (EMA) weights survive a crash in calibration, export or eval
+        torch.save(model.state_dict(), os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.model.pt"))
 
     xcfg, hessians = cfg.export, None
     quant_names = [n for n, spec in quant_plan(model, xcfg).items() if spec is not None]
@@ -1432,7 +1432,7 @@ def main(argv: list[str]) -> dict:
     results = dict(run_id=cfg.run.run_id, date=time.strftime("%Y-%m-%d"), model_preset=cfg.model.preset,
                    layout=cfg.model.layout, seed=tcfg.seed, world_size=d.world, hardware=f"{d.world}x" + (torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "CPU"),
                    versions=package_versions(), params=n_params, steps=steps, tokens_seen=tokens_seen,
-                   train_time_s=train_time, step_avg_ms=1000 * train_time / max(steps, 1),
+                   train_time_s=train_time, train_epochs=epochs, step_avg_ms=1000 * train_time / max(steps, 1),
                    tok_per_s=tokens_seen / max(train_time, 1e-9), peak_mem_mib=peak_memory_mib(d),
                    val_loss=score["val_loss"], val_bpb=score["val_bpb"], evals=evals, entropy_floor_bpb=floor,
                    q_val_loss=None, q_val_bpb=None, quant_name=None, bytes_code=len(code.encode()), bytes_model=0,

@@ -36,7 +36,7 @@ def test_byte_count_equals_utf8_length_of_decoded_text(sp_model):
     tokens = stream(sp, DOCS)
     pieces = [sp.id_to_piece(int(i)) for i in tokens]
     assert any(p.startswith("<0x") for p in pieces) and any(p.startswith("\u2581") for p in pieces)
-    tables = tg.build_byte_tables(sp_model, 512, "cpu")
+    tables = tg.build_byte_tables(sp_model, 300, "cpu")
     counted = tg.target_bytes(tables, tokens[:-1], tokens[1:]).sum().item()
     assert counted == sum(len(sp.decode(sp.encode(d)).encode("utf-8")) for d in DOCS)
     assert all(sp.decode(sp.encode(d)) == d.replace("  ", " ") for d in DOCS)  # nmt_nfkc folds the double space
@@ -46,7 +46,7 @@ def test_known_published_bug_would_be_caught(sp_model):
     """Counting <0xNN> as its 6 characters, or the space twice, changes the byte count."""
     sp = spm.SentencePieceProcessor(model_file=sp_model)
     tokens = stream(sp, DOCS)
-    base, space, boundary = tg.build_byte_tables(sp_model, 512, "cpu")
+    base, space, boundary = tg.build_byte_tables(sp_model, 300, "cpu")
     wrong = sum(len(sp.id_to_piece(int(t)).replace("\u2581", " ").encode()) for t in tokens[1:] if not boundary[t])
     assert wrong != tg.target_bytes((base, space, boundary), tokens[:-1], tokens[1:]).sum().item()
 
@@ -54,13 +54,13 @@ def test_known_published_bug_would_be_caught(sp_model):
 def test_eval_plain_equals_brute_force(sp_model):
     sp = spm.SentencePieceProcessor(model_file=sp_model)
     tokens = stream(sp, DOCS * 3)
-    cfg = tg.load_config(TINY + ["model.vocab_size=512"])
+    cfg = tg.load_config(TINY + ["model.vocab_size=300"])
     torch.manual_seed(0)
     model = tg.GPT(cfg.model)
     torch.nn.init.normal_(model.blocks[0].mlp.proj.weight, std=0.5)  # a model that predicts something
-    tables = tg.build_byte_tables(sp_model, 512, "cpu")
+    tables = tg.build_byte_tables(sp_model, 300, "cpu")
     d = tg.Dist(0, 1, 0, torch.device("cpu"))
-    result = tg.eval_windows(model, tokens, tables, tg.plain_windows(len(tokens) - 1, 16), batch_seqs=3, d=d)
+    result = tg.eval_windows(model, tokens, tables, tg.sliding_windows(len(tokens) - 1, 16, 16), batch_seqs=3, d=d)
     # Brute force: one window at a time, float64 log-softmax per target, bytes from decoding each document.
     nats = 0.0
     for start in range(0, len(tokens) - 1, 16):

@@ -94,3 +94,25 @@ def test_resolved_config_file_round_trips(tmp_path):
     assert again.model == cfg.model and again.train.seed == 8
     with pytest.raises(ValueError, match="unknown config key"):
         tg.load_config(["--config", str(path), "train.sed=8"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["export=int6", "export.compressors=[]"], "config export.compressors: empty"),  # crashed after training
+    (["export=int6", "train.max_wallclock_seconds=10"], "config train.max_wallclock_seconds: 10.0 leaves no training time"),
+    (["train.max_wallclock_seconds=0"], "config train.max_wallclock_seconds: 0.0 must be > 0")])
+def test_configs_that_cannot_run_are_rejected_before_training(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tg.load_config(overrides)
+    assert tg.load_config(["export=int6", "train.max_wallclock_seconds=13"])  # 1 s after the 12 s reserve is a budget
+    assert tg.training_budget(tg.load_config(["export=int6", "train.max_wallclock_seconds=13"])) == 1.0
+    assert tg.training_budget(tg.load_config(["export=int6", "export.calib_source=self", "train.max_wallclock_seconds=10"])) == 10.0
+
+
+def test_errors_in_a_config_file_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    OmegaConf.save(OmegaConf.create({**tg.dataclasses.asdict(tg.Config()), "train": {"seq_len": 0}}), path)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: config train.seq_len: 0 must be > 0$"):
+        tg.load_config(["--config", str(path)])
+    OmegaConf.save(OmegaConf.create(tg.dataclasses.asdict(tg.Config())), path)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))} \\+ overrides: config model.kernel"):
+        tg.load_config(["--config", str(path), "model.kernel=cuda"])

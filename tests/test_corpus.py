@@ -28,6 +28,6 @@ def test_eval_byte_count_equals_utf8_bytes_of_decoded_validation_text(tmp_path):
     cfg = tg.load_config(TINY + ["model.vocab_size=2048"])
     model = tg.GPT(cfg.model)
     tables = tg.build_byte_tables(str(tokenizer), 2048, "cpu")
-    result = tg.eval_windows(model, val, tables, tg.plain_windows(len(val) - 1, 512), 8, tg.Dist(0, 1, 0, torch.device("cpu")))
+    result = tg.eval_windows(model, val, tables, tg.sliding_windows(len(val) - 1, 512, 512), 8, tg.Dist(0, 1, 0, torch.device("cpu")))
     assert result["tokens"] == len(val) - 1
     assert result["bytes"] == sum(len(d.encode("utf-8")) for d in decoded)

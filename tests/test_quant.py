@@ -98,3 +98,16 @@ def test_self_calibration_export_and_the_size_limit_warning(synthetic_data, tmp_
     assert "export_calib_generate_time:" in out and "NOT ELIGIBLE" in out
     assert res["roundtrip_state_exact"] and res["bytes_total"] > 1000
     assert out.strip().splitlines()[-1] == res["final_line"]
+
+
+def test_only_weights_with_an_input_hessian_are_planned_for_gptq():
+    """With no size floor, the 2-D tensors that are not a matmul's weight (conv taps, skip weights) stay fp16 instead of
+    asking GPTQ for a Hessian nobody collects (a KeyError after training, before this check)."""
+    cfg = tg.load_config(TINY + ["export=int6", "export.keep_float_max_numel=0"])
+    model = tg.GPT(cfg.model)
+    plan, sources = tg.quant_plan(model, cfg.export), tg.hessian_sources(model)
+    gptq = {n for n, spec in plan.items() if spec is not None}
+    assert gptq == set(sources) and plan["skip_weights"] is None and plan["blocks.0.mixer.q_conv"] is None
+    x = torch.randint(0, cfg.model.vocab_size, (2, 64))
+    quantized = tg.quantize_model(model, tg.collect_hessians(model, [x], sorted(gptq), tg.Dist(0, 1, 0, torch.device("cpu"))), cfg.export)
+    assert {n for n, e in quantized.items() if e[0] == "int"} == gptq

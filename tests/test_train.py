@@ -1,8 +1,13 @@
 """End-to-end runs of train_gpt.py under torchrun on CPU (gloo)."""
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 import train_gpt as tg
@@ -41,8 +46,13 @@ def test_wallclock_cap_stops_training_and_still_evaluates(synthetic_data, tmp_pa
     assert elapsed and all(e < 4 for e in elapsed[:-1])
     last = out.strip().splitlines()[-1]
     assert last.startswith("final_bf16_exact val_loss:") and math.isfinite(res["val_bpb"])
-    resolved = tg.load_config(["--config", str(tmp_path / f"{res['run_id']}.config.yaml")])
-    assert tg.dataclasses.asdict(resolved) == res["config"]  # the run's config file reproduces it
+    saved = tmp_path / f"{res['run_id']}.config.yaml"
+    resolved = tg.dataclasses.asdict(tg.load_config(["--config", str(saved)]))
+    assert resolved["run"]["run_id"] == "" and res["config"]["run"]["run_id"] == res["run_id"]
+    resolved["run"]["run_id"] = res["run_id"]
+    assert resolved == res["config"]  # the run's config file reproduces it, under a new run id
+    with pytest.raises(FileExistsError, match=f"run.run_id={res['run_id']} is taken"):  # it used to append to the log
+        tg.main(["--config", str(saved), f"run.run_id={res['run_id']}"])
 
 
 def test_smoke_run_learns_above_the_entropy_floor(synthetic_data, tmp_path):
@@ -69,3 +79,44 @@ def test_smoke_run_learns_above_the_entropy_floor(synthetic_data, tmp_path):
     again = tg.evaluate(model, tg.load_val_tokens(cfg.data.val_files, d.device), tables, cfg, d, ["plain"])["plain"]
     assert math.isclose(again["val_bpb"], res["q_val_bpb"], rel_tol=1e-9)
     assert out.strip().splitlines()[-1] == res["final_line"] and res["final_line"].startswith("final_int6_roundtrip_exact")
+    # The trained weights were saved before export: they reproduce the bf16 score exactly.
+    model.load_state_dict(torch.load(Path(res["log_path"]).with_suffix(".model.pt")))
+    again = tg.evaluate(model, tg.load_val_tokens(cfg.data.val_files, d.device), tables, cfg, d, ["plain"])["plain"]
+    assert math.isclose(again["val_bpb"], res["val_bpb"], rel_tol=1e-9)
+    train_tokens = int(re.search(r" train_tokens:(\d+) ", out)[1])
+    assert math.isclose(res["train_epochs"], res["tokens_seen"] / train_tokens) and res["train_epochs"] < 1
+    assert f"train_epochs:{res['train_epochs']:.3f}" in out and "WARNING:train_data_repeated" not in out
+
+
+def test_repeated_training_data_is_logged(synthetic_data, tmp_path, capsys):
+    """Training past the end of the train split wraps around; the run says how many epochs it read, and warns."""
+    tokens = tg.TokenStream(str(synthetic_data["dir"] / "synthetic_train_*.bin")).read(0, 1000)
+    header = np.zeros(256, "<i4")
+    header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, len(tokens)
+    (tmp_path / "small_train_000.bin").write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
+    res = tg.main(TINY + synthetic_data["overrides"] + [f"data.train_files={tmp_path}/small_train_*.bin", "train.max_steps=3",
+                                                       f"run.log_dir={tmp_path}", "run.run_id=wrap", "run.save_model=false"])
+    out = capsys.readouterr().out
+    assert res["train_epochs"] == 3 * 512 / 1000 and "train_epochs:1.536 WARNING:train_data_repeated" in out
+    assert not (tmp_path / "wrap.model.pt").exists()
+
+
+def run_failing(args: list[str], tmp_path: Path, nproc: int = 1) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train_gpt.py"), *args, f"run.log_dir={tmp_path}", "run.run_id=crash"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0
+    return proc
+
+
+def test_a_crash_leaves_its_traceback_in_the_log(synthetic_data, tmp_path):
+    run_failing(TINY + synthetic_data["overrides"] + [f"data.val_files={tmp_path}/none_*.bin"], tmp_path)
+    log = (tmp_path / "crash.txt").read_text()
+    assert "Traceback (most recent call last)" in log and f"FileNotFoundError: no shards match '{tmp_path}/none_*.bin'" in log
+
+
+def test_calibration_needs_a_sequence_per_rank(synthetic_data, tmp_path):
+    """With fewer calibration sequences than ranks, a rank would skip the Hessian all-reduces the others make (a gloo
+    size mismatch; on NCCL a hang): refused at start."""
+    proc = run_failing(TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.calib_seqs=1"], tmp_path, nproc=2)
+    assert "config export.calib_seqs: 1 must be >= the world size 2" in proc.stdout + proc.stderr
