@@ -295,6 +295,11 @@ def timed_track_problems(where: str, results: dict) -> list[str]:
     if results["train_time_s"] > TIMED_TRACK_LIMIT_S:
         problems.append(f"{where}: train_time_s is {results['train_time_s']:.1f}; {TIMED_TRACK} "
                         f"requires at most {TIMED_TRACK_LIMIT_S:.0f} s of training: {elsewhere}")
+    clock = results.get("training_clock_s")  # training plus calibration on train data, which the rules count as training
+    if not isinstance(clock, (int, float)) or isinstance(clock, bool) or clock > TIMED_TRACK_LIMIT_S:
+        problems.append(f"{where}: training_clock_s is {clock!r}; {TIMED_TRACK} requires the training clock "
+                        f"(training plus calibration that reads training data) recorded and at most "
+                        f"{TIMED_TRACK_LIMIT_S:.0f} s: {elsewhere}")
     eval_time = results["eval_time_s"]
     if eval_time is None or eval_time > TIMED_TRACK_LIMIT_S:
         shown = "null" if eval_time is None else f"{eval_time:.1f}"

@@ -1408,7 +1408,7 @@ def main(argv: list[str]) -> dict:
     if d.master and cfg.run.save_model:  # the trained (EMA) weights survive a crash in calibration, export or eval
         torch.save(model.state_dict(), os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.model.pt"))
 
-    xcfg, hessians = cfg.export, None
+    xcfg, hessians, clock = cfg.export, None, train_time  # clock: training plus calibration that reads train data
     quant_names = [n for n, spec in quant_plan(model, xcfg).items() if spec is not None]
     calib_len = xcfg.calib_seq_len or tcfg.seq_len
     if xcfg.enabled and xcfg.calib_source == "train":  # reads training data: inside the training clock
@@ -1432,7 +1432,7 @@ def main(argv: list[str]) -> dict:
     results = dict(run_id=cfg.run.run_id, date=time.strftime("%Y-%m-%d"), model_preset=cfg.model.preset,
                    layout=cfg.model.layout, seed=tcfg.seed, world_size=d.world, hardware=f"{d.world}x" + (torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "CPU"),
                    versions=package_versions(), params=n_params, steps=steps, tokens_seen=tokens_seen,
-                   train_time_s=train_time, train_epochs=epochs, step_avg_ms=1000 * train_time / max(steps, 1),
+                   train_time_s=train_time, training_clock_s=clock, train_epochs=epochs, step_avg_ms=1000 * train_time / max(steps, 1),
                    tok_per_s=tokens_seen / max(train_time, 1e-9), peak_mem_mib=peak_memory_mib(d),
                    val_loss=score["val_loss"], val_bpb=score["val_bpb"], evals=evals, entropy_floor_bpb=floor,
                    q_val_loss=None, q_val_bpb=None, quant_name=None, bytes_code=len(code.encode()), bytes_model=0,

@@ -78,7 +78,7 @@ def make_run(workdir: Path, script: Path, seed: int, pre_bpb: float, *,
         "seed": seed, "world_size": 1, "hardware": "1xNVIDIA H100 80GB HBM3",
         "versions": {"python": "3.11.9", "torch": "2.12.0", "fla": "0.6.0", "triton": "3.7.1"},
         "params": 32_100_000, "steps": 3600 + seed % 7, "tokens_seen": 3600 * 65536,
-        "train_time_s": 588.1, "step_avg_ms": 160.12 + seed % 3, "tok_per_s": 612345.0,
+        "train_time_s": 588.1, "training_clock_s": 588.4, "step_avg_ms": 160.12 + seed % 3, "tok_per_s": 612345.0,
         "peak_mem_mib": 40123, "val_loss": pre_loss, "val_bpb": pre_bpb,
         "q_val_loss": q_loss, "q_val_bpb": q_bpb, "quant_name": "int6" if quantized else None,
         "final_line": final_line, "bytes_code": bytes_code,
@@ -408,6 +408,8 @@ def test_write_on_the_10min_track_accepts_a_run_within_its_rules(tmp_path: Path,
      ["hardware is '8xNVIDIA A100-SXM4-80GB'"]),
     (dict(**ON_8XH100, data_name="debian_docs_sp8192"), ["data_name is 'debian_docs_sp8192'"]),
     (dict(**ON_8XH100, train_time_s=600.5), ["train_time_s is 600.5"]),
+    (dict(**ON_8XH100, training_clock_s=600.4), ["training_clock_s is 600.4"]),  # calibration on train data counts
+    (dict(**ON_8XH100, training_clock_s=None), ["training_clock_s is None"]),  # results from before it was recorded
     (dict(**ON_8XH100, eval_time_s=900.0), ["eval_time_s is 900.0"]),
     (dict(**ON_8XH100, eval_time_s=None), ["eval_time_s is null"]),
 ])

@@ -83,6 +83,8 @@ def test_smoke_run_learns_above_the_entropy_floor(synthetic_data, tmp_path):
     model.load_state_dict(torch.load(Path(res["log_path"]).with_suffix(".model.pt")))
     again = tg.evaluate(model, tg.load_val_tokens(cfg.data.val_files, d.device), tables, cfg, d, ["plain"])["plain"]
     assert math.isclose(again["val_bpb"], res["val_bpb"], rel_tol=1e-9)
+    clock_line = float(re.search(r"training_clock_used:([\d.]+)s", out)[1])  # calibration read train data: it counts
+    assert res["train_time_s"] < res["training_clock_s"] and abs(res["training_clock_s"] - clock_line) <= 0.05
     train_tokens = int(re.search(r" train_tokens:(\d+) ", out)[1])
     assert math.isclose(res["train_epochs"], res["tokens_seen"] / train_tokens) and res["train_epochs"] < 1
     assert f"train_epochs:{res['train_epochs']:.3f}" in out and "WARNING:train_data_repeated" not in out
