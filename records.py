@@ -919,12 +919,38 @@ def welch_margin_test(new: Sequence[float], old: Sequence[float], margin: float 
 
 def valid_seed_values(record: str | Path, metric: str) -> list[float]:
     """Per-seed values of metric from a record's submission.json; RecordError naming every
-    problem if the record does not validate."""
-    problems = validate_record(record)
+    problem if the record does not validate. A record this tool wrote (it has results/) is
+    validated in full; one in the challenge's own format (the usual old side of a comparison:
+    submission.json, logs and script, no results/) needs a numeric metric for every seed and
+    bytes_total within the artifact limit."""
+    record = Path(record)
+    if (record / "results").is_dir() or not record.is_dir():
+        problems = validate_record(record)
+    else:
+        problems = challenge_record_problems(read_json(record / "submission.json"), metric)
     if problems:
         raise RecordError(f"{record} is not a valid record: {'; '.join(problems)}")
-    sub = read_json(Path(record) / "submission.json")
+    sub = read_json(record / "submission.json")
     return [result[metric] for result in sub["seed_results"].values()]
+
+
+def challenge_record_problems(sub: Any, metric: str) -> list[str]:
+    """What compare needs from a submission.json in the challenge's format."""
+    is_number = lambda v: json_type(v) in (NUMBER, INTEGER) and math.isfinite(v)
+    if not isinstance(sub, dict):
+        return [f"submission.json: expected a JSON object, got {json_type(sub)}"]
+    seeds, problems = sub.get("seed_results"), []
+    if not isinstance(seeds, dict) or not seeds:
+        problems.append("submission.json has no seed_results object with per-seed results")
+    else:
+        lacking = [seed for seed, result in seeds.items() if not (isinstance(result, dict) and is_number(result.get(metric)))]
+        if lacking:
+            problems.append(f"submission.json seed_results {', '.join(lacking)}: no numeric {metric}")
+    total = sub.get("bytes_total")
+    if not is_number(total) or total > ARTIFACT_LIMIT_BYTES:
+        problems.append(f"submission.json bytes_total {total!r}: expected a byte count within the "
+                        f"{ARTIFACT_LIMIT_BYTES:,}-byte artifact limit")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------

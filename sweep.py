@@ -59,7 +59,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import hydra
 
@@ -82,8 +82,8 @@ class LaunchConfig:
     sweep_dir: str = "sweeps/${sweep}"   # job directories, the report and Hydra's multirun.yaml
     nproc_per_node: int = 1              # torchrun processes per job
     gpus_per_job: int = 0                # 0: nproc_per_node (ignored without GPUs)
-    cuda_visible_devices: List[str] = field(default_factory=list)  # GPUs the sweep may use, e.g. [0,1,2,3];
-                                                                   # empty: $CUDA_VISIBLE_DEVICES or all
+    cuda_visible_devices: Any = field(default_factory=list)  # GPUs the sweep may use, e.g. [0,1,2,3] or 3;
+                                                             # empty: $CUDA_VISIBLE_DEVICES or all
     parallel_jobs: int = 0               # jobs at once; 0: one per GPU slot (1 without GPUs)
     skip_existing: bool = True           # resume: skip jobs that finished ok
     torchrun_args: List[str] = field(default_factory=list)  # extra torch.distributed.run arguments
@@ -304,7 +304,8 @@ def run_job(job: Job, gpus: list[str] | None) -> dict:
 
 def host_gpus(launch: LaunchConfig) -> list[str]:
     if launch.cuda_visible_devices:
-        gpus = list(launch.cuda_visible_devices)
+        given = launch.cuda_visible_devices
+        gpus = [str(g) for g in (given if isinstance(given, (list, tuple)) else [given])]  # one GPU may be a bare id
         if len(set(gpus)) != len(gpus):
             raise ValueError(f"launch.cuda_visible_devices={gpus} lists a GPU twice")
         return gpus

@@ -208,7 +208,7 @@ def load_config(argv: list[str]) -> Config:
                 raise ValueError(f"override {item!r} must look like key=value")
             key, value = item.split("=", 1)
             check_override_key(key)
-            OmegaConf.update(base, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+            OmegaConf.update(base, key, OmegaConf.from_dotlist([f"v={value}"]).v if value else "", merge=False)  # as Hydra
         raw = OmegaConf.to_container(base, resolve=True)
     else:
         conf_dir = Path(__file__).resolve().parent / "conf"

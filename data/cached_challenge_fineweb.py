@@ -138,11 +138,16 @@ def check_shard(path: Path, expected_tokens: int | None = None) -> int:
     return num_tokens
 
 
-def check_etag(path: Path, etag: str | None) -> None:
-    """Compares the file with the hub's ETag, a content hash: LFS files carry their sha256 (64 hex digits), plain
-    git files their git blob sha1 (40)."""
+def require_content_hash(etag: str | None) -> None:
+    """The hub's ETag is a content hash: LFS files carry their sha256 (64 hex digits), plain git files their git
+    blob sha1 (40). Anything else cannot verify a file."""
     if etag is None or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
         raise DownloadError(f"the hub sent no content hash (ETag {etag!r}): the file cannot be verified")
+
+
+def check_etag(path: Path, etag: str | None) -> None:
+    """Compares the file with the hub's ETag."""
+    require_content_hash(etag)
     digest = hashlib.sha256() if len(etag) == 64 else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -197,6 +202,10 @@ def partial_path(dest: Path, etag: str | None) -> Path:
 
 def fetch(remote: RemoteFile, dest: Path, verified: VerifiedFiles, check: Check | None = None) -> str:
     """Makes `dest` a copy of `remote` verified against its hash and `check`; returns what it did."""
+    try:
+        require_content_hash(remote.etag)  # before any byte is downloaded
+    except DownloadError as e:
+        raise DownloadError(f"{remote.path}: {e}") from None
     if dest.is_file() and dest.stat().st_size == remote.size:
         try:
             verified.check(dest, remote.etag)

@@ -106,7 +106,7 @@ def build(out_dir: Path, tokenizer_path: Path, train_docs: int, val_docs: int, v
     # Everything that decides the tokenizer's bytes: the source, its vocabulary, and which documents it reads.
     settings = dict(seed=seed, vocab_size=vocab_size, val_docs=val_docs, tokenizer_docs=min(train_docs, TOKENIZER_DOCS))
     if tokenizer_path.exists():
-        check_tokenizer(tokenizer_path, settings)
+        check_tokenizer(tokenizer_path, settings, out_dir / "meta.json")
     else:
         tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
         train_tokenizer((t for i, t in enumerate(texts(total, seed + 1, False)) if i >= val_docs),
@@ -131,8 +131,22 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_tokenizer(tokenizer_path: Path, settings: dict) -> None:
-    """BuildError unless the existing tokenizer was trained by this script with exactly these settings."""
+def settings_from_meta(meta_path: Path, tokenizer_path: Path) -> dict | None:
+    """The settings of a tokenizer built before settings records existed, from the meta.json of the build that used
+    it: only if that build names this very file (sha256); None otherwise."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("tokenizer_sha256") != file_sha256(tokenizer_path):
+            return None
+        return dict(seed=meta["seed"], vocab_size=meta["vocab_size"], val_docs=meta["val_docs"],
+                    tokenizer_docs=min(meta["train_docs"], TOKENIZER_DOCS))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_tokenizer(tokenizer_path: Path, settings: dict, meta_path: Path) -> None:
+    """BuildError unless the existing tokenizer was trained by this script with exactly these settings (known from its
+    settings record, or for an older tokenizer from the meta.json of the build that made it, then recorded)."""
     record_path = settings_path(tokenizer_path)
     remedy = (f"delete {tokenizer_path} (and its .vocab and .settings.json) to train a new one, or pass --tokenizer "
               "with another path")
@@ -142,6 +156,10 @@ def check_tokenizer(tokenizer_path: Path, settings: dict) -> None:
         if not isinstance(recorded, dict):
             raise TypeError(f"settings is {recorded!r}, not a mapping")
     except FileNotFoundError:
+        if (recorded := settings_from_meta(meta_path, tokenizer_path)) is not None and recorded == settings:
+            record_path.write_text(json.dumps(dict(settings=recorded, sha256=file_sha256(tokenizer_path)), indent=1) + "\n")
+            print(f"{tokenizer_path}: settings taken from {meta_path} (the build that made it) and recorded in {record_path}")
+            return
         raise BuildError(f"{tokenizer_path} exists but {record_path}, the record of its settings, does not: "
                          f"its settings are unknown; {remedy}") from None
     except (ValueError, KeyError, TypeError) as e:

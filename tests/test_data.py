@@ -125,3 +125,10 @@ def test_synthetic_reuses_its_tokenizer_only_with_the_settings_it_was_trained_wi
     tok.with_suffix(".settings.json").unlink()
     with pytest.raises(BuildError, match=r"t\.settings\.json, the record of its settings, does not"):
         build("e")
+    # A tokenizer from before settings records: adopted when the meta.json of the build that made it names it.
+    tok.write_bytes(trained)
+    tok.with_suffix(".settings.json").unlink(missing_ok=True)
+    with pytest.raises(BuildError, match="the record of its settings, does not"):
+        build("c", seed=7)  # the build in c/ used seed 0
+    assert build("c")["vocab_size"] == 1024 and tok.read_bytes() == trained
+    assert json.loads(tok.with_suffix(".settings.json").read_text())["settings"]["seed"] == 0  # now recorded

@@ -226,6 +226,16 @@ def test_a_file_without_a_content_hash_is_an_error(tmp_path, etag):
         downloader.check_etag(tmp_path / "f", etag)
 
 
+def test_a_file_without_a_content_hash_is_refused_before_downloading(tmp_path, monkeypatch):
+    def no_download(*args):
+        raise AssertionError("downloaded a file that could not be verified")
+    monkeypatch.setattr(downloader, "append_download", no_download)
+    remote = downloader.RemoteFile("datasets/x.bin", "http://hub/x.bin", True, 10, None, "c" * 40)
+    with pytest.raises(downloader.DownloadError, match=re.escape("datasets/x.bin: the hub sent no content hash (ETag None)")):
+        downloader.fetch(remote, tmp_path / "x.bin", downloader.VerifiedFiles(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def corrupt(shard: bytes, how: str) -> bytes:
     header = np.frombuffer(shard[:1024], dtype="<i4").copy()
     if how == "magic":

@@ -654,3 +654,25 @@ def test_module_imports_neither_torch_nor_scipy():
     code = ("import sys, records; "
             "assert not {'torch', 'scipy', 'numpy'} & set(sys.modules), 'heavy import'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_compare_takes_a_record_in_the_challenges_own_format(tmp_path: Path, script: Path, capsys):
+    """The usual old side of a comparison is a record from the challenge repository: submission.json with
+    seed_results (no results/ folder). It needs per-seed values and bytes_total within the limit."""
+    new = records.write_record("track_local", "new", make_runs(tmp_path / "n", script, [1.1200, 1.1205, 1.1195]),
+                               records_dir=tmp_path / "records", script=script)
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    losses = {"1337": 1.9402, "42": 1.9411, "2025": 1.9398}
+    sub = {"name": "attention baseline", "val_loss": 1.9404, "val_bpb": 1.1491, "bytes_total": 15_863_489,
+           "seed_results": {seed: {"val_loss": v, "val_bpb": v * 0.5922} for seed, v in losses.items()}}
+    (upstream / "submission.json").write_text(json.dumps(sub))
+    code, out, err = cli(capsys, "compare", new, upstream)
+    assert code == 0, err
+    new_loss = [round((b + 0.011) / BPB_PER_NAT, 8) for b in (1.1200, 1.1205, 1.1195)]
+    assert f"p={records.welch_margin_test(new_loss, list(losses.values()), 0.005)['p']:.6g}" in out
+    for broken, named in [(dict(bytes_total=16_000_001), "bytes_total 16000001"),
+                          (dict(seed_results={"1": {"val_bpb": 1.1}}), "seed_results 1: no numeric val_loss")]:
+        (upstream / "submission.json").write_text(json.dumps({**sub, **broken}))
+        code, out, err = cli(capsys, "compare", new, upstream)
+        assert code == 2 and out == "" and f"{upstream} is not a valid record: submission.json {named}" in err

@@ -118,7 +118,9 @@ def test_gpu_slots(launch, slots):
 
 def test_gpu_list_is_one_value_on_the_command_line():
     launch = OmegaConf.to_object(compose_sweep(["launch.cuda_visible_devices=[2,3]"]).launch)
-    assert launch.cuda_visible_devices == ["2", "3"] and sweep.device_slots(launch) == [["2"], ["3"]]
+    assert sweep.device_slots(launch) == [["2"], ["3"]]
+    launch = OmegaConf.to_object(compose_sweep(["launch.cuda_visible_devices=3"]).launch)  # one GPU: a bare id
+    assert sweep.device_slots(launch) == [["3"]]
 
 
 def test_slots_without_gpus_and_bad_gpu_lists():

@@ -53,6 +53,7 @@ def test_wallclock_cap_stops_training_and_still_evaluates(synthetic_data, tmp_pa
     assert resolved == res["config"]  # the run's config file reproduces it, under a new run id
     with pytest.raises(FileExistsError, match=f"run.run_id={res['run_id']} is taken"):  # it used to append to the log
         tg.main(["--config", str(saved), f"run.run_id={res['run_id']}"])
+    assert tg.load_config(["--config", str(saved), "run.run_id="]).run.run_id == ""  # "leave it empty", as with Hydra
 
 
 def test_smoke_run_learns_above_the_entropy_floor(synthetic_data, tmp_path):
