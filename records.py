@@ -23,7 +23,7 @@ The 16,000,000-byte artifact limit is checked for every track, track_local inclu
 the challenge's rule, and a local record over it could never become a submission. The two
 16mb tracks also need every run to have exported a quantized model (round-trip score and
 artifact sha256), and track_10min_16mb needs 8xH100, FineWeb data and at most 600 s each of
-training and evaluation. A run whose config enabled export but that has no round-trip score
+training (training_clock_s: calibration on training data included) and evaluation. A run whose config enabled export but that has no round-trip score
 (its export crashed) is refused on every track.
 Exit status: 0 success; 1 validation problems (validate, or write's check of what it wrote);
 2 refusal or unreadable input (one clear message on stderr).
