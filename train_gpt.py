@@ -112,7 +112,7 @@ class RunConfig:
     wandb_mode: str = "disabled"        # disabled | offline | online
     wandb_project: str = "gdn-hybrid"
     wandb_group: str = ""
-    save_model: bool = True             # logs/<run_id>.model.pt: the trained weights, written before export and eval
+    save_model: bool = True             # logs/<run_id>.model.pt: the trained weights, written before eval and export
 
 @dataclass
 class Config:
@@ -1405,8 +1405,6 @@ def main(argv: list[str]) -> dict:
     log(f"train_time:{train_time:.1f}s steps:{steps} tokens_seen:{tokens_seen} "
         f"step_avg:{1000 * train_time / max(steps, 1):.2f}ms tok/s:{int(tokens_seen / max(train_time, 1e-9))} "
         f"peak_mem_mib:{peak_memory_mib(d):.0f} train_epochs:{epochs:.3f}" + " WARNING:train_data_repeated" * (epochs > 1))
-    if d.master and cfg.run.save_model:  # the trained (EMA) weights survive a crash in calibration, export or eval
-        torch.save(model.state_dict(), os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.model.pt"))
 
     xcfg, hessians, clock = cfg.export, None, train_time  # clock: training plus calibration that reads train data
     quant_names = [n for n, spec in quant_plan(model, xcfg).items() if spec is not None]
@@ -1420,6 +1418,8 @@ def main(argv: list[str]) -> dict:
         log(f"export_hessians_time:{time.perf_counter() - t:.1f}s training_clock_used:{clock:.1f}s "
             f"of:{tcfg.max_wallclock_seconds:.0f}s" + (" WARNING:calibration_overran_the_training_clock"
                                                        if clock > tcfg.max_wallclock_seconds else ""))
+    if d.master and cfg.run.save_model:  # after calibration, which counts as training; survives a crash in export or eval
+        torch.save(model.state_dict(), os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.model.pt"))
 
     evals = evaluate(model, val_tokens, tables, cfg, d, cfg.eval.modes)
     for mode, r in evals.items():
