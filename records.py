@@ -296,7 +296,7 @@ def timed_track_problems(where: str, results: dict) -> list[str]:
         problems.append(f"{where}: train_time_s is {results['train_time_s']:.1f}; {TIMED_TRACK} "
                         f"requires at most {TIMED_TRACK_LIMIT_S:.0f} s of training: {elsewhere}")
     clock = results.get("training_clock_s")  # training plus calibration on train data, which the rules count as training
-    if not isinstance(clock, (int, float)) or isinstance(clock, bool) or clock > TIMED_TRACK_LIMIT_S:
+    if type_problem("", clock, (NUMBER,)) or clock > TIMED_TRACK_LIMIT_S:
         problems.append(f"{where}: training_clock_s is {clock!r}; {TIMED_TRACK} requires the training clock "
                         f"(training plus calibration that reads training data) recorded and at most "
                         f"{TIMED_TRACK_LIMIT_S:.0f} s: {elsewhere}")
@@ -936,7 +936,7 @@ def valid_seed_values(record: str | Path, metric: str) -> list[float]:
 
 def challenge_record_problems(sub: Any, metric: str) -> list[str]:
     """What compare needs from a submission.json in the challenge's format."""
-    is_number = lambda v: json_type(v) in (NUMBER, INTEGER) and math.isfinite(v)
+    is_number = lambda v: type_problem("", v, (NUMBER,)) is None
     if not isinstance(sub, dict):
         return [f"submission.json: expected a JSON object, got {json_type(sub)}"]
     seeds, problems = sub.get("seed_results"), []

@@ -20,7 +20,6 @@ record matches the requested settings; otherwise the build stops and names the d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_shards import BuildError, build_shards, train_tokenizer  # noqa: E402
+from build_shards import BuildError, build_shards, file_sha256, train_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -111,8 +110,7 @@ def build(out_dir: Path, tokenizer_path: Path, train_docs: int, val_docs: int, v
         tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
         train_tokenizer((t for i, t in enumerate(texts(total, seed + 1, False)) if i >= val_docs),
                         tokenizer_path, vocab_size=vocab_size, max_docs=settings["tokenizer_docs"])
-        record = dict(settings=settings, sha256=file_sha256(tokenizer_path))
-        settings_path(tokenizer_path).write_text(json.dumps(record, indent=1) + "\n")
+        record_settings(tokenizer_path, settings)
     floor = source.entropy_floor_bpb()
     meta = build_shards(texts(total, seed + 1, True), tokenizer_path, out_dir, prefix="synthetic",
                         val_docs=val_docs, workers=workers, progress=progress,
@@ -127,8 +125,10 @@ def settings_path(tokenizer_path: Path) -> Path:
     return tokenizer_path.with_suffix(".settings.json")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def record_settings(tokenizer_path: Path, settings: dict) -> None:
+    """The settings a tokenizer was trained with, beside it, with its sha256 (so a changed file is noticed)."""
+    record = dict(settings=settings, sha256=file_sha256(tokenizer_path))
+    settings_path(tokenizer_path).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def settings_from_meta(meta_path: Path, tokenizer_path: Path) -> dict | None:
@@ -157,7 +157,7 @@ def check_tokenizer(tokenizer_path: Path, settings: dict, meta_path: Path) -> No
             raise TypeError(f"settings is {recorded!r}, not a mapping")
     except FileNotFoundError:
         if (recorded := settings_from_meta(meta_path, tokenizer_path)) is not None and recorded == settings:
-            record_path.write_text(json.dumps(dict(settings=recorded, sha256=file_sha256(tokenizer_path)), indent=1) + "\n")
+            record_settings(tokenizer_path, recorded)
             print(f"{tokenizer_path}: settings taken from {meta_path} (the build that made it) and recorded in {record_path}")
             return
         raise BuildError(f"{tokenizer_path} exists but {record_path}, the record of its settings, does not: "
