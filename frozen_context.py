@@ -8,9 +8,10 @@ Three tiers on one model and one batch, plus tier 2 with checkpointing (loss on 
   full_ckpt    tier 1 with activation checkpointing per layer (same math, less memory)
   frozen_ckpt  tier 2 with activation checkpointing per layer (the read-only cache makes the recompute exact)
 For each tier: loss, the gradient split (train_gpt.split_gradient: shares of the squared gradient norm by block
-type and GDN/attention parameter group), peak memory and step time; then checks that are part of the result:
-frozen logits == full logits, checkpointed grads == plain grads, the frozen state is detached and unchanged, and
-the attention W_q gradient still depends on the (frozen) context keys.
+type and GDN/attention parameter group; Qwen3.5's fused GDN in_proj_qkv is split by rows into the groups q, k and v,
+and the attention q_proj into q and gate, as the hybrid's separate projections are), peak memory and step time;
+then checks that are part of the result: frozen logits == full logits, checkpointed grads == plain grads, the
+frozen state is detached and unchanged, and the attention W_q gradient still depends on the (frozen) context keys.
 
 The effective attention of a GDN layer, M[i, j] = contribution of value input j to output i (per head, before
 the output gate / norm), exact and in its decay-only approximation, is checked against the layer's recurrence.
@@ -57,7 +58,8 @@ QWEN_MODELING = "transformers.models.qwen3_5.modeling_qwen3_5"
 # (4 value heads over 2 key heads) and the default layer pattern (every 4th layer full attention).
 TINY_QWEN = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16, linear_heads=2,
                  linear_v_heads=4, linear_head_dim=16, vocab=256)
-QWEN_GDN_GROUPS = {"in_proj_qkv": "qkv", "in_proj_z": "z", "in_proj_a": "a", "in_proj_b": "b", "conv1d": "conv",
+# in_proj_qkv has no entry: split_entries splits it by rows into <name>:q, :k and :v, the groups "q", "k" and "v".
+QWEN_GDN_GROUPS = {"in_proj_z": "z", "in_proj_a": "a", "in_proj_b": "b", "conv1d": "conv",
                    "A_log": "A_log", "dt_bias": "dt_bias", "norm": "norm", "out_proj": "out"}
 QWEN_ATTN_GROUPS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "q_norm": "qk_norm",
                     "k_norm": "qk_norm"}
@@ -152,7 +154,7 @@ class GDNInputs:
     v: torch.Tensor       # [B, T, HV, V]
     g: torch.Tensor       # [B, T, HV] log decay
     beta: torch.Tensor    # [B, T, HV]
-    gate: torch.Tensor    # [B, T, HV, V] output gate input (z), before its activation
+    gate: torch.Tensor | None  # [B, T, HV, V] output gate input (z), before its activation; None: no output gate
     scale: float
 
     def per_value_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +250,8 @@ class HybridRunner:
         q, k, v = qkv.split([m.H * m.K, m.H * m.K, m.H * m.Vh], dim=-1)
         g = -m.A_log.float().exp() * F.softplus(proj(m.a_proj) + m.dt_bias.float())
         return GDNInputs(q.view(B, T, m.H, m.K), k.view(B, T, m.H, m.K), v.view(B, T, m.H, m.Vh), g,
-                         proj(m.b_proj).sigmoid(), proj(m.g_proj).view(B, T, m.H, m.Vh), m.K ** -0.5)
+                         proj(m.b_proj).sigmoid(), None if m.g_proj is None else proj(m.g_proj).view(B, T, m.H, m.Vh),
+                         m.K ** -0.5)
 
     @staticmethod
     def gdn_recurrence(m: tg.GatedDeltaNet, inp: GDNInputs) -> torch.Tensor:
@@ -256,7 +259,7 @@ class HybridRunner:
 
     @staticmethod
     def gdn_output(m: tg.GatedDeltaNet, o: torch.Tensor, inp: GDNInputs) -> torch.Tensor:
-        o = tg.rms_norm(o.float(), eps=1e-5) * m.norm_weight.float() * F.silu(inp.gate)
+        o = tg.rms_norm(o.float(), eps=1e-5) * m.norm_weight.float() * (1.0 if inp.gate is None else F.silu(inp.gate))
         return F.linear(o.flatten(2), m.o_proj.weight.float())
 
 
@@ -455,13 +458,16 @@ class Qwen35Runner:
 
     def split_entries(self, grads: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
         """Names as blocks.<i>.<...> (so split_gradient groups per layer); the attention q_proj splits into its
-        query rows and its output-gate rows."""
+        query rows and its output-gate rows (<name>:query, <name>:gate), the GDN in_proj_qkv into its query, key and
+        value rows (<name>:q, <name>:k, <name>:v)."""
         out = []
         for name, g in grads.items():
             name = name.replace("model.layers.", "blocks.", 1)
             if name.endswith("self_attn.q_proj.weight"):
                 gate = g.view(self.model.config.num_attention_heads, 2, -1)[:, 1]
                 out += [(name + ":query", self.query_half(g)), (name + ":gate", gate)]
+            elif name.endswith("linear_attn.in_proj_qkv.weight"):
+                out += [(f"{name}:{part}", rows) for part, rows in zip("qkv", g.split(self.gdn_qkv_rows()))]
             else:
                 out.append((name, g))
         return out
@@ -474,6 +480,8 @@ class Qwen35Runner:
         if parts[2] == "mlp":
             return "mlp", "mlp"
         if parts[2] == "linear_attn":
+            if parts[3] == "in_proj_qkv":  # <name>:q / :k / :v from split_entries; "qkv" for the unsplit name
+                return "gdn", name.rpartition(":")[2] if ":" in name else "qkv"
             return "gdn", QWEN_GDN_GROUPS[parts[3]]
         if parts[2] == "self_attn":
             return "attn", "gate" if name.endswith(":gate") else QWEN_ATTN_GROUPS[parts[3]]
@@ -483,9 +491,17 @@ class Qwen35Runner:
         """q_proj emits, per head, [query | output gate]: the rows of the query proper (W_q)."""
         return q_proj_grad.view(self.model.config.num_attention_heads, 2, -1)[:, 0]
 
+    def gdn_qkv_rows(self) -> list[int]:
+        """Rows of the GDN in_proj_qkv output, in order: query (key_dim), key (key_dim), value (value_dim), as the
+        Hugging Face layer splits it after the conv."""
+        config = self.model.config
+        key_dim = config.linear_num_key_heads * config.linear_key_head_dim
+        return [key_dim, key_dim, config.linear_num_value_heads * config.linear_value_head_dim]
+
     def query_grads(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """W_q of the attention layers (without the gate rows) and the query rows of the GDN in_proj_qkv."""
-        key_dim = self.model.config.linear_num_key_heads * self.model.config.linear_key_head_dim
+        """W_q of the attention layers (without the gate rows) and the query rows of the GDN in_proj_qkv (takes the
+        unsplit gradients, as collect_grads returns them, not split_entries' output)."""
+        key_dim = self.gdn_qkv_rows()[0]
         attn = [self.query_half(g).flatten() for n, g in grads.items() if n.endswith("self_attn.q_proj.weight")]
         gdn = [g[:key_dim].flatten() for n, g in grads.items() if n.endswith("linear_attn.in_proj_qkv.weight")]
         return {kind: torch.cat(v) for kind, v in (("attn", attn), ("gdn", gdn)) if v}

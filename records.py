@@ -22,9 +22,10 @@ quantized model, else its pre-quantization values; it is what the log's last lin
 The 16,000,000-byte artifact limit is checked for every track, track_local included: it is
 the challenge's rule, and a local record over it could never become a submission. The two
 16mb tracks also need every run to have exported a quantized model (round-trip score and
-artifact sha256), and track_10min_16mb needs 8xH100, FineWeb data and at most 600 s each of
-training (training_clock_s: calibration on training data included) and evaluation. A run whose config enabled export but that has no round-trip score
-(its export crashed) is refused on every track.
+artifact sha256), and track_10min_16mb needs 8xH100 SXM (not PCIe or NVL), FineWeb data and at
+most 600 s each of training (training_clock_s: calibration on training data included) and
+evaluation. A run whose config enabled export but that has no round-trip score (its export
+crashed) is refused on every track.
 Exit status: 0 success; 1 validation problems (validate, or write's check of what it wrote);
 2 refusal or unreadable input (one clear message on stderr).
 
@@ -59,7 +60,10 @@ PER_RUN_CONFIG_KEYS = frozenset({"train.seed"})
 TIMED_TRACK = "track_10min_16mb"
 SIZED_TRACKS = ("track_10min_16mb", "track_non_record_16mb")  # need a quantized artifact
 TIMED_TRACK_WORLD_SIZE = 8
-TIMED_TRACK_HARDWARE_RE = re.compile(r"^8x.*\bH100\b")  # results.json: f"{world}x{device name}"
+# results.json: f"{world}x{device name}". The SXM H100 reports "NVIDIA H100 80GB HBM3" (or "NVIDIA H100 SXM5 80GB");
+# the PCIe and NVL cards ("NVIDIA H100 PCIe", "NVIDIA H100 NVL") are other hardware, not the challenge's.
+TIMED_TRACK_HARDWARE_RE = re.compile(r"^8x.*\bH100\b")
+TIMED_TRACK_NOT_SXM_RE = re.compile(r"PCIe|NVL", re.IGNORECASE)
 TIMED_TRACK_DATA_NAMES = ("fineweb10B_sp1024", "fineweb10B_sp8192")  # conf/data/fineweb_*.yaml
 TIMED_TRACK_LIMIT_S = 600.0  # each of training and evaluation
 # results.json fields outside the config that must also agree between the seeds of a record.
@@ -280,15 +284,16 @@ def run_problems(where: str, results: dict, track: str) -> list[str]:
 
 
 def timed_track_problems(where: str, results: dict) -> list[str]:
-    """track_10min_16mb: 8xH100, FineWeb data, <= 600 s of training and <= 600 s of eval."""
+    """track_10min_16mb: 8xH100 SXM, FineWeb data, <= 600 s of training and <= 600 s of eval."""
     elsewhere = "use track_non_record_16mb or track_local"
     problems = []
     if results["world_size"] != TIMED_TRACK_WORLD_SIZE:
         problems.append(f"{where}: world_size is {results['world_size']}; {TIMED_TRACK} requires "
                         f"{TIMED_TRACK_WORLD_SIZE} GPUs (8xH100): {elsewhere}")
-    if not TIMED_TRACK_HARDWARE_RE.match(results["hardware"]):
-        problems.append(f"{where}: hardware is {results['hardware']!r}; {TIMED_TRACK} requires "
-                        f"8 H100 GPUs ('8x<H100 device name>'): {elsewhere}")
+    hardware = results["hardware"]
+    if not TIMED_TRACK_HARDWARE_RE.match(hardware) or TIMED_TRACK_NOT_SXM_RE.search(hardware):
+        problems.append(f"{where}: hardware is {hardware!r}; {TIMED_TRACK} requires 8 H100 SXM GPUs "
+                        f"('8x<H100 device name>', not a PCIe or NVL card): {elsewhere}")
     if results["data_name"] not in TIMED_TRACK_DATA_NAMES:
         problems.append(f"{where}: data_name is {results['data_name']!r}; {TIMED_TRACK} requires "
                         f"FineWeb data ({' or '.join(TIMED_TRACK_DATA_NAMES)}): use track_local")

@@ -35,7 +35,8 @@ class ModelConfig:
     gdn_heads: int = 8
     gdn_head_dim: int = 64
     gdn_expand_v: float = 1.0
-    conv_size: int = 4
+    conv_size: int = 4                  # short conv taps; 1: no temporal mixing (a per-channel scale before the SiLU)
+    gdn_output_gate: bool = True        # False: the GDN output is RMSNorm'd without the silu(g_proj x) gate
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     unet_skips: bool = True             # encoder/decoder skip connections, as in the challenge baseline
@@ -666,15 +667,15 @@ gdn_core_fwd.register_autograd(gdn_core_backward, setup_context=gdn_core_setup)
 
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet mixer: q/k/v with a causal short conv + SiLU, L2-normalised q and k, beta = sigmoid(b),
-    g = -exp(A_log) * softplus(a + dt_bias), output through a gated RMSNorm (gate = silu(g_proj x))."""
+    g = -exp(A_log) * softplus(a + dt_bias), output through a gated RMSNorm (gate = silu(g_proj x); model.gdn_output_gate=false drops it)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, H, K = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim
         self.H, self.K, self.Vh, self.chunk_size = H, K, int(K * cfg.gdn_expand_v), cfg.chunk_size
         self.kernel = "torch"  # torch | fla, set by GPT.set_kernel
-        self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.a_proj, self.b_proj = (
-            nn.Linear(D, n, bias=False) for n in (H * K, H * K, H * self.Vh, H * self.Vh, H, H))
+        self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.a_proj, self.b_proj = (  # g_proj None without the gate
+            nn.Linear(D, n, bias=False) if n else None for n in (H * K, H * K, H * self.Vh, H * self.Vh * cfg.gdn_output_gate, H, H))
         conv = lambda n: nn.Parameter(torch.empty(n, cfg.conv_size).uniform_(-cfg.conv_size ** -0.5, cfg.conv_size ** -0.5))
         self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(H * self.Vh)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
@@ -688,9 +689,9 @@ class GatedDeltaNet(nn.Module):
         (B, T, _), H, Vh = x.shape, self.H, self.Vh
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight,
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
-        gate = F.linear(x, self.g_proj.weight)
+        gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
-        o = rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * F.silu(gate.float().view(B, T, H, Vh))
+        o = rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate
         y = self.o_proj(o.reshape(B, T, H * Vh).to(x.dtype))
         return y, ((conv_state, S) if want_state else None)
 
@@ -914,7 +915,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
 # GRADIENT SPLIT: where the gradient goes, by block type and by GDN parameter group (after the all-reduce,
 # before clipping), so the "75% of layers are GDN" claim can be measured instead of assumed.
 
-GDN_GROUPS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "g_proj": "z", "a_proj": "a", "b_proj": "b",
+GDN_GROUPS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "g_proj": "z", "a_proj": "a", "b_proj": "b",
               "A_log": "A_log", "dt_bias": "dt_bias", "q_conv": "conv", "k_conv": "conv", "v_conv": "conv",
               "norm_weight": "norm", "o_proj": "out"}
 
@@ -1069,7 +1070,7 @@ def hessian_sources(model: GPT) -> dict[str, tuple[nn.Module, str]]:
     out = {"embed.weight": (model.blocks[-1], "head")}
     for i, block in enumerate(model.blocks):
         out.update({f"blocks.{i}.mixer.{name}.weight": (block.mixer, "pre") for name in
-                    ("q_proj", "k_proj", "v_proj", "g_proj", "a_proj", "b_proj") if hasattr(block.mixer, name)})
+                    ("q_proj", "k_proj", "v_proj", "g_proj", "a_proj", "b_proj") if getattr(block.mixer, name, None) is not None})
         out[f"blocks.{i}.mixer.o_proj.weight"] = (block.mixer.o_proj, "pre")
         out[f"blocks.{i}.mlp.fc.weight"], out[f"blocks.{i}.mlp.proj.weight"] = (block.mlp.fc, "pre"), (block.mlp.proj, "pre")
     return out
@@ -1306,11 +1307,10 @@ class Trainer:
                 self.loader.position, None if self.ema is None else [e.clone() for e in self.ema], self.step)
 
     def restore(self, snap) -> None:
-        model_state, opt_states, position, ema, step = snap
-        self.model.load_state_dict(model_state)
-        for opt, state in zip(self.optimizers, opt_states):
+        self.model.load_state_dict(snap[0])  # snap: model, optimizers, loader position, EMA, step
+        for opt, state in zip(self.optimizers, snap[1]):
             opt.load_state_dict(state)
-        self.loader.position, self.ema, self.step = position, ema, step
+        self.loader.position, self.ema, self.step = snap[2:]
 
     @torch.no_grad()
     def apply_ema(self) -> None:

@@ -203,10 +203,11 @@ def test_checkpointed_tiers_recompute_every_layer(setup, tier):
 
 # (block type, group) per parameter, written out from the parameter names. Hybrid (train_gpt.GPT): keyed by the
 # layer's letter in the layout and the name after "blocks.<i>."; Hugging Face Qwen3.5: keyed by the name after
-# "blocks.<i>." (self_attn.q_proj is split into its query and output-gate rows).
+# "blocks.<i>." (self_attn.q_proj is split into its query and output-gate rows, linear_attn.in_proj_qkv into its
+# query, key and value rows, so both models report the GDN groups q, k and v).
 HYBRID_GROUPS = {
-    ("G", "mixer.q_proj.weight"): ("gdn", "qkv"), ("G", "mixer.k_proj.weight"): ("gdn", "qkv"),
-    ("G", "mixer.v_proj.weight"): ("gdn", "qkv"), ("G", "mixer.q_conv"): ("gdn", "conv"),
+    ("G", "mixer.q_proj.weight"): ("gdn", "q"), ("G", "mixer.k_proj.weight"): ("gdn", "k"),
+    ("G", "mixer.v_proj.weight"): ("gdn", "v"), ("G", "mixer.q_conv"): ("gdn", "conv"),
     ("G", "mixer.k_conv"): ("gdn", "conv"), ("G", "mixer.v_conv"): ("gdn", "conv"),
     ("G", "mixer.g_proj.weight"): ("gdn", "z"), ("G", "mixer.a_proj.weight"): ("gdn", "a"),
     ("G", "mixer.b_proj.weight"): ("gdn", "b"), ("G", "mixer.A_log"): ("gdn", "A_log"),
@@ -219,7 +220,8 @@ HYBRID_GROUPS = {
     (None, "embed.weight"): ("embed", "embed"), (None, "skip_weights"): ("skip", "skip"),
 }
 QWEN_GROUPS = {
-    "linear_attn.in_proj_qkv.weight": ("gdn", "qkv"), "linear_attn.in_proj_z.weight": ("gdn", "z"),
+    "linear_attn.in_proj_qkv.weight:q": ("gdn", "q"), "linear_attn.in_proj_qkv.weight:k": ("gdn", "k"),
+    "linear_attn.in_proj_qkv.weight:v": ("gdn", "v"), "linear_attn.in_proj_z.weight": ("gdn", "z"),
     "linear_attn.in_proj_b.weight": ("gdn", "b"), "linear_attn.in_proj_a.weight": ("gdn", "a"),
     "linear_attn.conv1d.weight": ("gdn", "conv"), "linear_attn.dt_bias": ("gdn", "dt_bias"),
     "linear_attn.A_log": ("gdn", "A_log"), "linear_attn.norm.weight": ("gdn", "norm"),
@@ -250,6 +252,36 @@ def test_every_parameter_lands_in_its_group(setup):
     assert {kind for kind, _ in expected.values()} >= {"gdn", "attn", "mlp", "embed"}  # both mixer types covered
     split = fc.tg.split_gradient(entries, runner.categorize)
     assert set(split["group"]) == {f"{kind}.{group}" for kind, group in expected.values()}
+
+
+def test_qwen_gdn_in_proj_qkv_splits_into_q_k_v_rows(qwen):
+    """The fused GDN in_proj_qkv emits [query (key_dim) | key (key_dim) | value (value_dim)] rows (the Hugging Face
+    layer splits it so after the conv): split_entries reports each part as its own entry and group, and the parts
+    hold exactly the rows and the squared norm of the whole gradient."""
+    runner, grads = qwen.runner, qwen.results["full"].grads
+    config = runner.model.config
+    key_dim = config.linear_num_key_heads * config.linear_key_head_dim
+    value_dim = config.linear_num_value_heads * config.linear_value_head_dim
+    assert key_dim != value_dim  # grouped value heads: a wrong row count in any part would show
+    entries = dict(runner.split_entries(grads))
+    fused = {n.replace("model.layers.", "blocks.", 1): g for n, g in grads.items()
+             if n.endswith("linear_attn.in_proj_qkv.weight")}
+    assert fused and len(fused) == len(runner.gdn_modules())
+    for name, g in fused.items():
+        assert g.shape[0] == 2 * key_dim + value_dim
+        assert name not in entries
+        parts = {part: entries[f"{name}:{part}"] for part in "qkv"}
+        assert torch.equal(parts["q"], g[:key_dim])
+        assert torch.equal(parts["k"], g[key_dim:2 * key_dim])
+        assert torch.equal(parts["v"], g[2 * key_dim:])
+        assert sum(p.double().pow(2).sum().item() for p in parts.values()) == pytest.approx(
+            g.double().pow(2).sum().item(), rel=1e-12)
+        assert {part: runner.categorize(f"{name}:{part}") for part in "qkv"} == {p: ("gdn", p) for p in "qkv"}
+    # the query rows are also the GDN W_q that the context-dependence check compares
+    assert torch.equal(runner.query_grads(grads)["gdn"], torch.cat([entries[f"{n}:q"].flatten() for n in fused]))
+    groups = qwen.results["full"].split["group"]
+    assert {"gdn.q", "gdn.k", "gdn.v"} <= set(groups) and "gdn.qkv" not in groups
+    assert all(groups[f"gdn.{p}"] > 0 for p in "qkv")
 
 
 def test_qwen_attention_gate_rows_are_the_gate(qwen):
@@ -374,3 +406,16 @@ def test_bad_cli_input_is_rejected_up_front(argv, message, capsys):
 
 def test_qwen_one_token_decision_is_fine_for_the_effective_attention_alone():
     assert fc.parse_args(["effective-attention", "--arch", "qwen3_5", "--decision", "1"]).decision == 1
+
+
+def test_hybrid_gdn_ablations_run_every_tier_and_the_effective_attention():
+    """model.gdn_output_gate=false and model.conv_size=1 on the hybrid: the frozen tier still matches the full one,
+    the exact effective attention still reproduces each GDN layer's output (no gate term), and no z group appears."""
+    ablated = Setup(HYBRID_ARGS + ["--set", "model.gdn_output_gate=false", "--set", "model.conv_size=1"])
+    assert all(m.g_proj is None and m.q_conv.shape[1] == 1 for _, m in ablated.runner.gdn_modules())
+    full, frozen = ablated.results["full"], ablated.results["frozen"]
+    assert (frozen.logits - full.logits).abs().max() <= 1e-4 * full.logits.abs().max()
+    groups = full.split["group"]
+    assert "gdn.z" not in groups and groups["gdn.q"] > 0 and groups["gdn.conv"] > 0
+    for call in fc.capture_gdn_calls(ablated.runner, ablated.tokens[:1, :48]):
+        assert fc.layer_effective_attention(ablated.runner, call, topk=4)["exact_output_vs_layer"] < 1e-5

@@ -72,3 +72,40 @@ def test_gdn_module_state_carry_equals_one_pass():
     a, state = gdn(x[:, :21], want_state=True)
     b, _ = gdn(x[:, 21:], state=state)
     assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-5)
+
+
+def test_conv_size_1_has_no_temporal_mixing():
+    """model.conv_size=1 (the short-conv ablation): each of q|k|v is SiLU of a per-channel scale of the same position,
+    and q, k are still L2-normalised per head."""
+    x, w = torch.randn(2, 9, 3 * 2 * 8), torch.randn(3 * 2 * 8, 1)
+    q, k, v, state = tg.short_conv_qkv(x, w, None, (2, 8, 8))
+    y = torch.nn.functional.silu(x * w[:, 0])
+    assert torch.allclose(v, y[..., 32:].reshape(2, 9, 2, 8), atol=1e-6)
+    assert torch.allclose(q, tg.l2_normalize(y[..., :16].reshape(2, 9, 2, 8)), atol=1e-6)
+    assert torch.allclose(k, tg.l2_normalize(y[..., 16:32].reshape(2, 9, 2, 8)), atol=1e-6)
+    assert state.shape == (2, 48, 1) and torch.equal(state[..., 0], x[:, -1])
+
+
+@pytest.mark.parametrize("conv_size", [4, 1])
+def test_gdn_without_output_gate(conv_size):
+    """model.gdn_output_gate=false: no g_proj, and the output is o_proj(RMSNorm(core) * norm_weight), the gated
+    module's computation with the gate left out; the state carry still equals one pass."""
+    overrides = dict(model_dim=32, gdn_heads=2, gdn_head_dim=16, chunk_size=16, conv_size=conv_size)
+    torch.manual_seed(0)
+    gated = tg.GatedDeltaNet(tg.ModelConfig(**overrides))
+    plain = tg.GatedDeltaNet(tg.ModelConfig(gdn_output_gate=False, **overrides))
+    assert plain.g_proj is None and "g_proj.weight" not in dict(plain.named_parameters())
+    plain.load_state_dict({n: t for n, t in gated.state_dict().items() if not n.startswith("g_proj")})
+    torch.nn.init.normal_(gated.o_proj.weight)
+    plain.o_proj.weight.data.copy_(gated.o_proj.weight)
+    x = torch.randn(2, 40, 32)
+    weight = torch.cat([gated.q_proj.weight, gated.k_proj.weight, gated.v_proj.weight, gated.a_proj.weight,
+                        gated.b_proj.weight])
+    o = gated.core(torch.nn.functional.linear(x, weight), None, False)[0]
+    expected = gated.o_proj((tg.rms_norm(o, eps=1e-5) * gated.norm_weight).flatten(2))
+    full, _ = plain(x)
+    assert torch.allclose(full, expected, atol=1e-5)
+    assert not torch.allclose(gated(x)[0], expected, atol=1e-3)  # the gate does change the output
+    a, state = plain(x[:, :13], want_state=True)
+    b, _ = plain(x[:, 13:], state=state)
+    assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-5)

@@ -10,9 +10,12 @@ def tiny_config(preset: str) -> tg.Config:
     return tg.load_config([f"model={preset}"] + TINY)
 
 
-@pytest.mark.parametrize("preset,layout", [("gdn_hybrid", "GGGGAGGGAG"), ("attention", "A" * 10), ("pure_gdn", "G" * 10)])
-def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout):
-    cfg = tiny_config(preset)
+@pytest.mark.parametrize("preset,layout,ablation", [
+    ("gdn_hybrid", "GGGGAGGGAG", []), ("attention", "A" * 10, []), ("pure_gdn", "G" * 10, []),
+    ("gdn_hybrid", "GGGGAGGGAG", ["model.gdn_output_gate=false", "model.conv_size=1"]),  # the GDN ablations
+])
+def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout, ablation):
+    cfg = tg.load_config([f"model={preset}"] + TINY + ablation)
     assert cfg.model.layout == layout
     torch.manual_seed(0)
     model = tg.GPT(cfg.model)

@@ -406,6 +406,8 @@ def test_write_on_the_10min_track_accepts_a_run_within_its_rules(tmp_path: Path,
      ["world_size is 1", "hardware is '1xNVIDIA H100 80GB HBM3'"]),
     (dict(world_size=8, hardware="8xNVIDIA A100-SXM4-80GB"),
      ["hardware is '8xNVIDIA A100-SXM4-80GB'"]),
+    (dict(world_size=8, hardware="8xNVIDIA H100 PCIe"), ["hardware is '8xNVIDIA H100 PCIe'"]),  # not SXM
+    (dict(world_size=8, hardware="8xNVIDIA H100 NVL"), ["hardware is '8xNVIDIA H100 NVL'"]),  # not SXM
     (dict(**ON_8XH100, data_name="debian_docs_sp8192"), ["data_name is 'debian_docs_sp8192'"]),
     (dict(**ON_8XH100, train_time_s=600.5), ["train_time_s is 600.5"]),
     (dict(**ON_8XH100, training_clock_s=600.4), ["training_clock_s is 600.4"]),  # calibration on train data counts
@@ -425,6 +427,20 @@ def test_write_checks_the_10min_track_rules(tmp_path: Path, script: Path, fields
     assert message.count("; track_10min_16mb requires") == len(named)
     assert "track_local" in message
     records.write_record("track_local", "x", runs, records_dir=tmp_path / "records", script=script)
+
+
+@pytest.mark.parametrize("hardware, sxm", [
+    ("8xNVIDIA H100 80GB HBM3", True), ("8xNVIDIA H100 SXM5 80GB", True),
+    ("8xNVIDIA H100 PCIe", False), ("8xNVIDIA H100 NVL", False), ("8xnvidia h100 pcie", False),
+    ("7xNVIDIA H100 80GB HBM3", False), ("8xNVIDIA H200", False), ("8xNVIDIA A100-SXM4-80GB", False),
+])
+def test_the_10min_track_hardware_is_8_h100_sxm(hardware, sxm):
+    results = dict(world_size=8, hardware=hardware, data_name="fineweb10B_sp8192", train_time_s=590.0,
+                   training_clock_s=595.0, eval_time_s=300.0)
+    problems = records.timed_track_problems("r.json", results)
+    assert problems == ([] if sxm else [
+        f"r.json: hardware is {hardware!r}; track_10min_16mb requires 8 H100 SXM GPUs ('8x<H100 device name>', "
+        "not a PCIe or NVL card): use track_non_record_16mb or track_local"])
 
 
 def test_the_reviewers_cpu_run_cannot_enter_the_10min_track(tmp_path: Path, script: Path, capsys):
@@ -451,8 +467,8 @@ def test_validate_checks_track_rules_on_the_stored_results(tmp_path: Path, recor
             f"results/seed{seed}.json: world_size is 1; track_10min_16mb requires 8 GPUs "
             "(8xH100): use track_non_record_16mb or track_local",
             f"results/seed{seed}.json: hardware is '1xNVIDIA H100 80GB HBM3'; track_10min_16mb "
-            "requires 8 H100 GPUs ('8x<H100 device name>'): use track_non_record_16mb or "
-            "track_local"]
+            "requires 8 H100 SXM GPUs ('8x<H100 device name>', not a PCIe or NVL card): use "
+            "track_non_record_16mb or track_local"]
     assert records.validate_record(moved) == expected
     board = records.leaderboard(tmp_path / "records")
     assert "## track_10min_16mb" not in board and "## Not ranked" in board
