@@ -34,7 +34,7 @@ shards &
 build=$!
 for step in "$@"; do
   case $step in
-    tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
+    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
              | tail -n 12 | tee $OUT/gpu_tests.log ;;
     bench) python3 scripts/short_conv_bench.py 2>&1 | grep -E "^short_conv|Error"
            python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
