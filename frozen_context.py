@@ -58,8 +58,9 @@ QWEN_MODELING = "transformers.models.qwen3_5.modeling_qwen3_5"
 # (4 value heads over 2 key heads) and the default layer pattern (every 4th layer full attention).
 TINY_QWEN = dict(layers=4, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16, linear_heads=2,
                  linear_v_heads=4, linear_head_dim=16, vocab=256)
-# in_proj_qkv has no entry: split_entries splits it by rows into <name>:q, :k and :v, the groups "q", "k" and "v".
-QWEN_GDN_GROUPS = {"in_proj_z": "z", "in_proj_a": "a", "in_proj_b": "b", "conv1d": "conv",
+# in_proj_qkv's rows are split by split_entries into <name>:q, :k and :v (groups "q", "k", "v"); "qkv" is its group
+# only under the unsplit name, as q_proj's is "q" before its gate rows are split off.
+QWEN_GDN_GROUPS = {"in_proj_qkv": "qkv", "in_proj_z": "z", "in_proj_a": "a", "in_proj_b": "b", "conv1d": "conv",
                    "A_log": "A_log", "dt_bias": "dt_bias", "norm": "norm", "out_proj": "out"}
 QWEN_ATTN_GROUPS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "q_norm": "qk_norm",
                     "k_norm": "qk_norm"}
@@ -479,10 +480,8 @@ class Qwen35Runner:
             return ("embed", "embed") if "embed_tokens" in name or "lm_head" in name else ("norm", "norm")
         if parts[2] == "mlp":
             return "mlp", "mlp"
-        if parts[2] == "linear_attn":
-            if parts[3] == "in_proj_qkv":  # <name>:q / :k / :v from split_entries; "qkv" for the unsplit name
-                return "gdn", name.rpartition(":")[2] if ":" in name else "qkv"
-            return "gdn", QWEN_GDN_GROUPS[parts[3]]
+        if parts[2] == "linear_attn":  # a row split (<name>:q) is its own group
+            return "gdn", name.rpartition(":")[2] if ":" in name else QWEN_GDN_GROUPS[parts[3]]
         if parts[2] == "self_attn":
             return "attn", "gate" if name.endswith(":gate") else QWEN_ATTN_GROUPS[parts[3]]
         return "norm", "norm"  # input_layernorm / post_attention_layernorm
