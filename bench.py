@@ -4,7 +4,7 @@ Each case builds train_gpt's own Trainer (same modules, Muon + AdamW, EMA, torch
 tokens, runs warm-up steps (compilation, autotuning), then times `--steps` steps with CUDA events and reports
 the median: tok/s, ms/step, peak memory and MFU. Sequence lengths change at a fixed number of tokens per step.
 
-    python bench.py                                   # gdn_hybrid, attention, pure_gdn x 2048/4096/8192
+    python bench.py                                   # gdn_hybrid, gdn_hybrid_lean, attention, pure_gdn x 2048/4096/8192
     python bench.py --presets gdn_hybrid --seq-lens 2048 --steps 30 --out bench.json
     python bench.py --cpu-smoke                       # tiny model on CPU, to keep this script from rotting
 
@@ -76,15 +76,14 @@ def fla_function_core(self, P, state, want_state):
     states in its backward; autograd concatenates the pieces of P's gradient."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     (H, K, Vh), (conv_state, S0) = (self.H, self.K, self.Vh), state if state is not None else (None, None)
-    conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv])
+    conv_weight = self.conv_weight()
     qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
     q, k, v = ShortConvFunction.apply(qkv, conv_weight, None if conv_state is None else conv_state.contiguous(),
                                       (H, K, Vh))
     o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
                                   use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
                                   use_gate_in_kernel=True, A_log=self.A_log, dt_bias=self.dt_bias, chunk_size=self.chunk_size)
-    W = conv_weight.shape[1]
-    return o, (tg.conv_window(qkv, conv_state, W)[:, -W:].transpose(1, 2).contiguous() if want_state else None), S
+    return o, (tg.conv_tail(qkv, conv_state, conv_weight.shape[1]) if want_state else None), S
 
 
 # The variant gdn_core=graph_break: train_gpt's own op, called outside the compiled graph (as before it was a custom
@@ -199,7 +198,7 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["gdn_hybrid", "attention", "pure_gdn"])
+    parser.add_argument("--presets", nargs="+", default=["gdn_hybrid", "gdn_hybrid_lean", "attention", "pure_gdn"])
     parser.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 4096, 8192])
     parser.add_argument("--tokens-per-step", type=int, default=98304, help="per GPU (the 8-GPU recipe's share)")
     parser.add_argument("--steps", type=int, default=20)

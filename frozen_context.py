@@ -247,7 +247,7 @@ class HybridRunner:
         x = x.float()
         proj = lambda linear: F.linear(x, linear.weight.float())  # noqa: E731
         qkv = torch.cat([proj(m.q_proj), proj(m.k_proj), proj(m.v_proj)], -1)
-        qkv, _ = tg.causal_conv(qkv, torch.cat([m.q_conv, m.k_conv, m.v_conv]).float(), None)
+        qkv, _ = tg.causal_conv(qkv, m.conv_weight().float(), None)
         q, k, v = qkv.split([m.H * m.K, m.H * m.K, m.H * m.Vh], dim=-1)
         g = -m.A_log.float().exp() * F.softplus(proj(m.a_proj) + m.dt_bias.float())
         return GDNInputs(q.view(B, T, m.H, m.K), k.view(B, T, m.H, m.K), v.view(B, T, m.H, m.Vh), g,

@@ -35,7 +35,7 @@ class ModelConfig:
     gdn_heads: int = 8
     gdn_head_dim: int = 64
     gdn_expand_v: float = 1.0
-    conv_size: int = 4                  # short conv taps; 1: no temporal mixing (a per-channel scale before the SiLU)
+    conv_size: int = 4                  # short conv taps; 1: a per-channel scale before the SiLU; 0: no conv, SiLU only
     gdn_output_gate: bool = True        # False: the GDN output is RMSNorm'd without the silu(g_proj x) gate
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
@@ -131,7 +131,7 @@ CHOICES = {"model.kernel": ("auto", "fla", "torch"), "train.schedule": ("wallclo
 RANGE_TESTS = {"> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1, "in [0, 1]": lambda v: 0 <= v <= 1,
                "in 2..8": lambda v: 2 <= v <= 8, ">= 0": lambda v: v >= 0}  # ">= 0": every number not in RANGES
 RANGES = {key: rule for rule, keys in {"> 0": "model.vocab_size model.model_dim model.num_heads model.num_kv_heads model.mlp_mult "
-          "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.conv_size model.chunk_size model.rope_base "
+          "model.gdn_heads model.gdn_head_dim model.gdn_expand_v model.chunk_size model.rope_base "
           "model.logit_softcap train.seq_len train.global_batch_tokens train.micro_batch_seqs train.muon_ns_steps train.adam_eps "
           "train.max_wallclock_seconds train.log_every eval.batch_seqs export.matrix_clip_k export.embed_clip_k export.gptq_block export.calib_seqs",
           "in [0, 1)": "train.muon_momentum train.muon_momentum_start train.adam_beta1 train.adam_beta2 train.ema_decay",
@@ -238,7 +238,6 @@ def check_override_key(key: str) -> None:
                              f"{', '.join(sorted(names)) or '(no sub-keys)'} under '{where or 'root'}'")
         node, where = getattr(node, part), where + part + "."
 
-
 # ----------------------------------------------------------------------------------------------------
 # DISTRIBUTED + LOGGING: torchrun sets RANK/WORLD_SIZE; rank 0 writes the log that reproduces the run.
 
@@ -333,7 +332,6 @@ def environment_report(d: Dist) -> str:
         lines.append(f"cpu:{platform.processor() or 'unknown'} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
 
-
 # ----------------------------------------------------------------------------------------------------
 # DATA: challenge shards (256 int32 header words, then uint16 tokens), read lazily; each rank reads only
 # its own disjoint sequences of every global batch, so the batch is the same for any world size.
@@ -418,7 +416,6 @@ def load_data_meta(cfg: DataConfig) -> dict:
                          f"(tokenizer_sha256 {want[:12]}...): bits per byte would be counted with the wrong pieces")
     return meta
 
-
 # ----------------------------------------------------------------------------------------------------
 # MODEL: blocks of (mixer, MLP) with pre-RMSNorm; mixer = Gated DeltaNet or GQA softmax attention.
 # Every mixer takes an optional carried state and can return its final state (stateful eval, frozen context).
@@ -430,17 +427,20 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype)  # FLA's l2norm convention
 
 def conv_window(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Tensor:
-    """x [B, T, D] preceded by the W - 1 inputs before it: zeros, or from a carried state [B, D, W] that holds the
-    last W inputs (FLA's causal_conv1d layout, so states move between kernels; slot 0 is never read)."""
-    prev = x.new_zeros(x.shape[0], W - 1, x.shape[2]) if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)
+    """x [B, T, D] after the W - 1 inputs before it: zeros, or a carried state's [B, D, W] (FLA's layout; slot 0 unread)."""
+    prev = x.new_zeros(x.shape[0], max(W - 1, 0), x.shape[2]) if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)
     return torch.cat([prev, x], dim=1)
 
+def conv_tail(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Tensor:  # the state after x: last W inputs
+    padded = conv_window(x[:, max(x.shape[1] - W, 0):], state, W)
+    return padded[:, padded.shape[1] - W:].mT.contiguous()
+
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None):
-    """Depthwise causal conv + SiLU over x as W shifted multiply-adds in fp32; returns it and the state after x."""
+    """Depthwise causal conv + SiLU as W shifted multiply-adds in fp32 (W = 0: SiLU only), and the state after x."""
     T, W = x.shape[1], weight.shape[1]
     padded = conv_window(x, state, W)
-    y = sum(padded[:, j:j + T].float() * weight[:, j].float() for j in range(W))
-    return F.silu(y).to(x.dtype), padded[:, -W:].transpose(1, 2).contiguous()
+    y = sum(padded[:, j:j + T].float() * weight[:, j].float() for j in range(W)) if W else x.float()
+    return F.silu(y).to(x.dtype), conv_tail(x, state, W)
 
 def short_conv_qkv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None, dims: tuple[int, int, int]):
     """Plain-torch short conv over q|k|v, split into heads, q and k L2-normalised: the reference for the kernel."""
@@ -462,14 +462,15 @@ if triton is not None:
         return xs
 
     @triton.jit
-    def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                          W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr, BACKWARD: tl.constexpr,
-                          HAS_K2: tl.constexpr):
+    def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, sdb, sdt, H: tl.constexpr, K: tl.constexpr,
+                          V: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr,
+                          BACKWARD: tl.constexpr, HAS_K2: tl.constexpr):
         """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients (k's in
-        two parts k + k2 with HAS_K2), and the gradient at the conv pre-activation (recomputed from x) goes to du."""
+        two parts k + k2 with HAS_K2), and the gradient at the pre-activation u (recomputed from x) goes to du (strides
+        sdb, sdt); W = 0: no conv, u = x."""
         i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         D, rows, c = 2 * H * K + H * V, i_t * BT + tl.arange(0, BT), i_d * K + tl.arange(0, K)
-        u = tl.zeros((BT, K), tl.float32)
+        u = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, 1, False) if W == 0 else tl.zeros((BT, K), tl.float32)
         for j in tl.static_range(W):
             w_j = tl.load(w + c * W + j, mask=c < D, other=0.0).to(tl.float32)
             u += _conv_input(x, s0, i_b, rows - (W - 1) + j, c, T, sxb, sxt, D, W, HAS_STATE) * w_j[None, :]
@@ -490,7 +491,7 @@ if triton is not None:
             if i_d < 2 * H:  # through the L2 norm: (g - n (n . g)) / |y| with n = y / |y|
                 rstd = tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
                 g = (g - y * rstd * tl.sum(y * rstd * g, 1)[:, None]) * rstd
-            tl.store(du + i_b * T * D + rows[:, None] * D + c[None, :], (g * sig * (1 + u * (1 - sig))).to(
+            tl.store(du + i_b * sdb + rows[:, None] * sdt + c[None, :], (g * sig * (1 + u * (1 - sig))).to(
                 du.dtype.element_ty), mask=m)
         else:
             if i_d < 2 * H:
@@ -533,11 +534,11 @@ class ShortConv:
 
     @staticmethod
     def conv_pass(x, weight, state, dims, qkv, du=None, k2=None):  # forward, or (given du) backward to du
-        (B, T, D), (H, K, V) = x.shape, dims
+        (B, T, D), (H, K, V), W, state = x.shape, dims, weight.shape[1], state if weight.shape[1] else None
         short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConv.ROWS), B)](
-            x, weight, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du, T,
-            x.stride(0), x.stride(1), H=H, K=K, V=V, W=weight.shape[1], BT=ShortConv.ROWS, HAS_STATE=state is not None,
-            BACKWARD=du is not None, HAS_K2=k2 is not None)
+            x, weight if W else x, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du,
+            T, x.stride(0), x.stride(1), *(x if du is None else du).stride()[:2], H=H, K=K, V=V, W=W,
+            BT=ShortConv.ROWS, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None)
 
     @staticmethod
     def forward(x, weight, state, dims):
@@ -553,11 +554,13 @@ class ShortConv:
     def backward(x, weight, state, dims, grads, dx, want_dstate: bool, dk2=None):
         """Gradients of q, k (+ dk2), v -> dx, written into the given tensor or column slice; returns dweight, dstate."""
         (B, T, D), W, (rows, tiles) = x.shape, weight.shape[1], (ShortConv.DX_ROWS, ShortConv.DX_TILES)
-        du, grads = x.new_empty(B, T, D), [g.contiguous() for g in grads]
+        du, grads = dx if W == 0 else x.new_empty(B, T, D), [g.contiguous() for g in grads]  # no conv: du is dx
         ShortConv.conv_pass(x, weight, state, dims, grads, du, None if dk2 is None else dk2.contiguous())
+        dstate = x.new_zeros(B, D, W, dtype=torch.float32) if state is not None and want_dstate else None  # slot 0: 0
+        if W == 0:
+            return torch.zeros_like(weight), None if dstate is None else dstate.to(state.dtype)
         splits = triton.cdiv(triton.cdiv(T, rows), tiles)
         dw_part = torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
-        dstate = x.new_zeros(B, D, W, dtype=torch.float32) if state is not None and want_dstate else None  # slot 0: 0
         short_conv_dx_kernel[(triton.cdiv(D, 64), splits, B)](
             du, x, weight, x if state is None else state, dx, dw_part if dstate is None else dstate, dw_part, T,
             x.stride(0), x.stride(1), dx.stride(0), dx.stride(1), D, TILES=tiles, W=W, BW=triton.next_power_of_2(W),
@@ -666,23 +669,22 @@ def gdn_core_backward(ctx, grads):
 gdn_core_fwd.register_autograd(gdn_core_backward, setup_context=gdn_core_setup)
 
 class GatedDeltaNet(nn.Module):
-    """Gated DeltaNet mixer: q/k/v with a causal short conv + SiLU, L2-normalised q and k, beta = sigmoid(b),
-    g = -exp(A_log) * softplus(a + dt_bias), output through a gated RMSNorm (gate = silu(g_proj x); model.gdn_output_gate=false drops it)."""
+    """Gated DeltaNet mixer: q/k/v by a causal short conv + SiLU (conv_size=0: SiLU only), L2-normalised q and k, beta =
+    sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias), output RMSNorm'd, gated by silu(g_proj x) if gdn_output_gate."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        D, H, K = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim
+        D, H, K, W = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim, cfg.conv_size
         self.H, self.K, self.Vh, self.chunk_size = H, K, int(K * cfg.gdn_expand_v), cfg.chunk_size
         self.kernel = "torch"  # torch | fla, set by GPT.set_kernel
         self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.a_proj, self.b_proj = (  # g_proj None without the gate
             nn.Linear(D, n, bias=False) if n else None for n in (H * K, H * K, H * self.Vh, H * self.Vh * cfg.gdn_output_gate, H, H))
-        conv = lambda n: nn.Parameter(torch.empty(n, cfg.conv_size).uniform_(-cfg.conv_size ** -0.5, cfg.conv_size ** -0.5))
-        self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(H * self.Vh)
+        conv = lambda n: nn.Parameter(torch.empty(n, W).uniform_(-W ** -0.5, W ** -0.5)) if W else None
+        self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(H * self.Vh)  # None without the conv
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
-        self.norm_weight = nn.Parameter(torch.ones(self.Vh))
-        self.o_proj = nn.Linear(H * self.Vh, D, bias=False)
+        self.norm_weight, self.o_proj = nn.Parameter(torch.ones(self.Vh)), nn.Linear(H * self.Vh, D, bias=False)
         nn.init.zeros_(self.o_proj.weight)
 
     def forward(self, x, state=None, want_state=False, attn_window=0):
@@ -695,15 +697,18 @@ class GatedDeltaNet(nn.Module):
         y = self.o_proj(o.reshape(B, T, H * Vh).to(x.dtype))
         return y, ((conv_state, S) if want_state else None)
 
+    def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
+        convs = (self.q_conv, self.k_conv, self.v_conv)
+        return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)
+
     def core(self, P, state, want_state: bool):
         """P = [q|k|v|a|b] -> per-head output and new states: the gdn_core_fwd op, or the same math in torch."""
         (H, K, Vh), conv_state, S0 = (self.H, self.K, self.Vh), *(state if state is not None else (None, None))
-        conv_weight = torch.cat([self.q_conv, self.k_conv, self.v_conv])
+        conv_weight = self.conv_weight()
         if self.kernel == "fla":
             o, S = gdn_core_fwd(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, self.chunk_size,
                                 want_state)[:2]  # S is empty unless want_state
-            W = conv_weight.shape[1]
-            return o, conv_window(P[:, -W:, :-2 * H], conv_state, W)[:, -W:].mT.contiguous() if want_state else None, S
+            return o, conv_tail(P[..., :-2 * H], conv_state, conv_weight.shape[1]) if want_state else None, S
         qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
         q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, (H, K, Vh))
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
@@ -840,7 +845,6 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
                            "install it or set model.kernel=torch") from exc
     return "fla"
 
-
 # ----------------------------------------------------------------------------------------------------
 # OPTIMIZER: Muon (orthogonalised momentum) for the 2-D weight matrices, AdamW for the embedding and for
 # small control tensors. Each parameter's group is decided by its role, and coverage is checked.
@@ -910,7 +914,6 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
         group["base_lr"] = group["lr"]
     return [muon, adam]
 
-
 # ----------------------------------------------------------------------------------------------------
 # GRADIENT SPLIT: where the gradient goes, by block type and by GDN parameter group (after the all-reduce,
 # before clipping), so the "75% of layers are GDN" claim can be measured instead of assumed.
@@ -941,7 +944,6 @@ def split_gradient(named_grads: list[tuple[str, torch.Tensor]], categorize) -> d
         block = ".".join(name.split(".")[:2]) if name.startswith("blocks.") else kind
         out["block"][block] = out["block"].get(block, 0.0) + s / total
     return out
-
 
 # ----------------------------------------------------------------------------------------------------
 # EVAL: exact bits per byte. Bytes per target token come from the SentencePiece pieces (leading U+2581 is a
@@ -1050,7 +1052,6 @@ def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) 
     return {mode: eval_stateful(model, val_tokens, tables, seq_len, e.kv_window or seq_len, e.batch_seqs, BOS_ID, d)
             if mode == "stateful" else eval_windows(model, val_tokens, tables, windows[mode](), e.batch_seqs, d)
             for mode in modes}
-
 
 # ----------------------------------------------------------------------------------------------------
 # QUANTIZATION: GPTQ with per-row SDClip scales (int6 block matrices, int8 tied embedding), small tensors in
@@ -1238,7 +1239,6 @@ def generate_tokens(model: GPT, n_seqs: int, seq_len: int, d: Dist, seed: int) -
             logits, state = model(x, state=state, want_state=True)
         x = torch.multinomial(torch.softmax(logits[:, -1].float(), -1), 1, generator=gen)
     return torch.cat(out, 1)
-
 
 # ----------------------------------------------------------------------------------------------------
 # TRAINING: warm-up steps (compile, autotune) rolled back, then a clock-limited loop; the stop step and the

@@ -5,11 +5,11 @@
 #                    (default) vs its path before the gdn_core ops (fla_function), with profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   ablations        bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid with and without the short conv
-#                    (model.conv_size=1) and the output gate (model.gdn_output_gate=false), then attention
+#                    (model.conv_size=0) and the output gate (model.gdn_output_gate=false), then attention
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
-#                    its report
+#                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
 #   equiv            (nvidia-h200-x2) 50 steps of the 8-GPU recipe on 2 GPUs vs 1 GPU with 8x accumulation
 # carry: .gpu (../shared/device + brotli wheel), .corpus (debian_docs.jsonl.xz), data/tokenizers
@@ -45,7 +45,7 @@ for step in "$@"; do
             --out $OUT/bench_long.json 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     ablations) for seq in ${SEQ_LENS:-2048 8192}; do
         python3 bench.py --presets gdn_hybrid --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_ablations_$seq.json \
-          --variants "" model.conv_size=1 model.gdn_output_gate=false "model.conv_size=1 model.gdn_output_gate=false" \
+          --variants "" model.conv_size=0 model.gdn_output_gate=false "model.conv_size=0 model.gdn_output_gate=false" \
           2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
         python3 bench.py --presets attention --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_attention_$seq.json \
           2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
@@ -63,7 +63,7 @@ for step in "$@"; do
         | grep -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
       cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null ;;
     sweep) wait $build
-      python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} "export.compressors=[lzma]" \
+      python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \
         launch.sweep_dir=/tmp/sweep 2>&1 | grep -E "sweep_job|Error|error"
       python3 report.py /tmp/sweep && tar -czf $OUT/sweep_report.tgz -C /tmp/sweep report.md report.csv groups.csv \
         $(cd /tmp/sweep && ls *.png) $(cd /tmp/sweep && ls */*.txt */*.results.json 2>/dev/null) ;;

@@ -56,9 +56,10 @@ def test_numbers_out_of_range_are_rejected_naming_key_and_range():
     outside it is an error naming the key and the range; the value at its edge and every default are accepted."""
     rules = tg.RANGES
     assert set(rules) < set(numeric_keys())  # no rule names a key that does not exist
-    for key in ("model.conv_size", "model.chunk_size", "model.gdn_heads", "train.seq_len", "train.micro_batch_seqs",
+    for key in ("model.chunk_size", "model.gdn_heads", "train.seq_len", "train.micro_batch_seqs",
                 "train.log_every", "eval.batch_seqs", "export.gptq_block"):  # zero would divide by zero or build nothing
         assert rules[key] == "> 0", key
+    assert "model.conv_size" not in rules  # ">= 0": 0 is the GDN layer without a short conv
     assert rules["export.matrix_bits"] == rules["export.embed_bits"] == "in 2..8"  # 9+ bits overflow the uint8 packing
     outside = {"> 0": 0, "in [0, 1)": 1, "in [0, 1]": 1.5, "in 2..8": 9, ">= 0": -1}
     edge = {"> 0": 1, "in [0, 1)": 0, "in [0, 1]": 1, "in 2..8": 2, ">= 0": 0}

@@ -408,14 +408,16 @@ def test_qwen_one_token_decision_is_fine_for_the_effective_attention_alone():
     assert fc.parse_args(["effective-attention", "--arch", "qwen3_5", "--decision", "1"]).decision == 1
 
 
-def test_hybrid_gdn_ablations_run_every_tier_and_the_effective_attention():
-    """model.gdn_output_gate=false and model.conv_size=1 on the hybrid: the frozen tier still matches the full one,
-    the exact effective attention still reproduces each GDN layer's output (no gate term), and no z group appears."""
-    ablated = Setup(HYBRID_ARGS + ["--set", "model.gdn_output_gate=false", "--set", "model.conv_size=1"])
-    assert all(m.g_proj is None and m.q_conv.shape[1] == 1 for _, m in ablated.runner.gdn_modules())
+@pytest.mark.parametrize("conv_size", [1, 0])
+def test_hybrid_gdn_ablations_run_every_tier_and_the_effective_attention(conv_size):
+    """model.gdn_output_gate=false and model.conv_size=1 or 0 on the hybrid: the frozen tier still matches the full one,
+    the exact effective attention still reproduces each GDN layer's output (no gate term), and no z group appears
+    (nor a conv group without the conv)."""
+    ablated = Setup(HYBRID_ARGS + ["--set", "model.gdn_output_gate=false", "--set", f"model.conv_size={conv_size}"])
+    assert all(m.g_proj is None and m.conv_weight().shape[1] == conv_size for _, m in ablated.runner.gdn_modules())
     full, frozen = ablated.results["full"], ablated.results["frozen"]
     assert (frozen.logits - full.logits).abs().max() <= 1e-4 * full.logits.abs().max()
     groups = full.split["group"]
-    assert "gdn.z" not in groups and groups["gdn.q"] > 0 and groups["gdn.conv"] > 0
+    assert "gdn.z" not in groups and groups["gdn.q"] > 0 and (groups["gdn.conv"] > 0 if conv_size else "gdn.conv" not in groups)
     for call in fc.capture_gdn_calls(ablated.runner, ablated.tokens[:1, :48]):
         assert fc.layer_effective_attention(ablated.runner, call, topk=4)["exact_output_vs_layer"] < 1e-5

@@ -86,7 +86,29 @@ def test_conv_size_1_has_no_temporal_mixing():
     assert state.shape == (2, 48, 1) and torch.equal(state[..., 0], x[:, -1])
 
 
-@pytest.mark.parametrize("conv_size", [4, 1])
+def test_conv_size_0_is_silu_only_and_has_no_conv_parameters():
+    """model.conv_size=0 (no short conv, FLA's use_short_conv=False): q|k|v = SiLU of the projection (q, k L2-normalised
+    per head), the module has no conv parameters, its carried conv state is empty, and the state carry equals one pass."""
+    x = torch.randn(2, 9, 3 * 2 * 8)
+    q, k, v, state = tg.short_conv_qkv(x, torch.empty(48, 0), None, (2, 8, 8))
+    y = torch.nn.functional.silu(x)
+    assert torch.equal(v, y[..., 32:].reshape(2, 9, 2, 8)) and state.shape == (2, 48, 0)
+    assert torch.allclose(q, tg.l2_normalize(y[..., :16].reshape(2, 9, 2, 8)), atol=1e-6)
+    assert torch.allclose(k, tg.l2_normalize(y[..., 16:32].reshape(2, 9, 2, 8)), atol=1e-6)
+    cfg = tg.ModelConfig(model_dim=32, gdn_heads=2, gdn_head_dim=16, chunk_size=16, conv_size=0)
+    torch.manual_seed(0)
+    gdn = tg.GatedDeltaNet(cfg)
+    assert gdn.q_conv is None and not [n for n, _ in gdn.named_parameters() if "conv" in n]
+    assert gdn.conv_weight().shape == (3 * 32, 0)
+    torch.nn.init.normal_(gdn.o_proj.weight)
+    x = torch.randn(2, 50, 32)
+    full, _ = gdn(x)
+    a, (conv_state, S) = gdn(x[:, :21], want_state=True)
+    b, _ = gdn(x[:, 21:], state=(conv_state, S))
+    assert conv_state.shape == (2, 96, 0) and torch.allclose(torch.cat([a, b], 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv_size", [4, 1, 0])
 def test_gdn_without_output_gate(conv_size):
     """model.gdn_output_gate=false: no g_proj, and the output is o_proj(RMSNorm(core) * norm_weight), the gated
     module's computation with the gate left out; the state carry still equals one pass."""

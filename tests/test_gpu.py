@@ -41,10 +41,11 @@ def gdn_pair(kernel: str, seed: int = 0, **overrides):
     return torch_mod, fla_mod
 
 
-@pytest.mark.parametrize("T,with_state,W", [(2048, False, 4), (1000, True, 4), (3, True, 4), (1000, True, 1)])
+@pytest.mark.parametrize("T,with_state,W", [(2048, False, 4), (1000, True, 4), (3, True, 4), (1000, True, 1), (1000, True, 0)])
 def test_short_conv_kernel_matches_torch(T, with_state, W):
     """The fused Triton short conv (bf16 in and out, strided input) against the fp32 torch reference: q, k, v and
-    the gradients of the input, the conv weight and the carried state (W=1: model.conv_size=1, a state gradient of 0)."""
+    the gradients of the input, the conv weight and the carried state (W=1: model.conv_size=1, a state gradient of 0;
+    W=0: model.conv_size=0, SiLU only, the input's gradient written by the du pass)."""
     torch.manual_seed(T)
     H, K, V = 8, 64, 64
     D = 2 * H * K + H * V
@@ -57,18 +58,19 @@ def test_short_conv_kernel_matches_torch(T, with_state, W):
         si = None if state is None else state.clone().requires_grad_()
         qkv = bench.ShortConvFunction.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
         sum((o.float() * g).sum() for o, g in zip(qkv, grads)).backward()
-        outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
+        leaves = [xi, wi] + ([si] if si is not None else [])  # W = 0: the reference never reads w or the state
+        outs.append(list(qkv) + [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves])
     for name, fused, ref in zip(["q", "k", "v", "dx", "dw", "dstate"], outs[1], outs[0]):
         assert rel_err(fused, ref) < 1e-2 if ref.abs().sum() > 0 else fused.abs().sum() == 0, name
 
 
-@pytest.mark.parametrize("with_state", [False, True])
-def test_gdn_core_op_passes_opcheck(with_state):
+@pytest.mark.parametrize("with_state,W", [(False, 4), (True, 4), (True, 0)])
+def test_gdn_core_op_passes_opcheck(with_state, W):
     """torch.library.opcheck on the forward and backward ops: the fake functions match the real outputs (shapes,
     dtypes, strides), the autograd registration is sound, and AOT compilation (dynamic shapes) matches eager."""
     pytest.importorskip("fla")
     torch.manual_seed(3)
-    H, K, V, B, T, W = 8, 64, 64, 2, 200, 4
+    H, K, V, B, T = 8, 64, 64, 2, 200
     D = 2 * H * K + H * V
     P = (torch.randn(B, T, D + 2 * H, device="cuda") * 0.5).bfloat16().requires_grad_()
     conv_weight = (torch.randn(D, W, device="cuda") * 0.5).requires_grad_()
@@ -102,9 +104,10 @@ def test_gdn_module_fla_matches_torch(T, kernel):
         assert rel_err(p_fla.grad, p_ref.grad) < 5e-2, name
 
 
-@pytest.mark.parametrize("ablation", [dict(conv_size=1), dict(gdn_output_gate=False)])
+@pytest.mark.parametrize("ablation", [dict(conv_size=1), dict(gdn_output_gate=False), dict(conv_size=0),
+                                      dict(conv_size=0, gdn_output_gate=False)])
 def test_gdn_ablations_fla_matches_torch(ablation):
-    """The GDN ablations (model.conv_size=1, model.gdn_output_gate=false) on the trainer's FLA path: outputs, every
+    """The GDN ablations (model.conv_size=1 or 0, model.gdn_output_gate=false) on the trainer's FLA path: outputs, every
     parameter gradient, and the carried state between two halves, against the torch path."""
     ref, fla = gdn_pair("fla", seed=4, **ablation)
     x = torch.randn(4, 1000, 512, device="cuda")

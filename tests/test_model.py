@@ -13,6 +13,7 @@ def tiny_config(preset: str) -> tg.Config:
 @pytest.mark.parametrize("preset,layout,ablation", [
     ("gdn_hybrid", "GGGGAGGGAG", []), ("attention", "A" * 10, []), ("pure_gdn", "G" * 10, []),
     ("gdn_hybrid", "GGGGAGGGAG", ["model.gdn_output_gate=false", "model.conv_size=1"]),  # the GDN ablations
+    ("gdn_hybrid_lean", "GGGGAGGGAG", []),  # model.conv_size=0 and model.gdn_output_gate=false
 ])
 def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout, ablation):
     cfg = tg.load_config([f"model={preset}"] + TINY + ablation)

@@ -100,7 +100,8 @@ def test_self_calibration_export_and_the_size_limit_warning(synthetic_data, tmp_
     assert out.strip().splitlines()[-1] == res["final_line"]
 
 
-@pytest.mark.parametrize("ablation", [[], ["model.gdn_output_gate=false", "model.conv_size=1"]])
+@pytest.mark.parametrize("ablation", [[], ["model.gdn_output_gate=false", "model.conv_size=1"],
+                                      ["model.gdn_output_gate=false", "model.conv_size=0"]])
 def test_only_weights_with_an_input_hessian_are_planned_for_gptq(ablation):
     """With no size floor, the 2-D tensors that are not a matmul's weight (conv taps, skip weights) stay fp16 instead of
     asking GPTQ for a Hessian nobody collects (a KeyError after training, before this check). Without the GDN output
@@ -109,7 +110,8 @@ def test_only_weights_with_an_input_hessian_are_planned_for_gptq(ablation):
     model = tg.GPT(cfg.model)
     plan, sources = tg.quant_plan(model, cfg.export), tg.hessian_sources(model)
     gptq = {n for n, spec in plan.items() if spec is not None}
-    assert gptq == set(sources) and plan["skip_weights"] is None and plan["blocks.0.mixer.q_conv"] is None
+    assert gptq == set(sources) and plan["skip_weights"] is None
+    assert plan.get("blocks.0.mixer.q_conv", "absent") == ("absent" if "model.conv_size=0" in ablation else None)
     assert ("blocks.0.mixer.g_proj.weight" in gptq) == (not ablation)
     x = torch.randint(0, cfg.model.vocab_size, (2, 64))
     quantized = tg.quantize_model(model, tg.collect_hessians(model, [x], sorted(gptq), tg.Dist(0, 1, 0, torch.device("cpu"))), cfg.export)

@@ -29,7 +29,8 @@ for B, T, H, K, V, with_state, W in json.loads(sys.argv[1]):
         qkv = bench.ShortConvFunction.apply(xi, wi, si, (H, K, V)) if fused else tg.short_conv_qkv(xi, wi, si, (H, K, V))[:3]
         assert not fused or all(t.is_contiguous() for t in qkv)  # FLA's kernels would copy non-contiguous input
         sum((o * g).sum() for o, g in zip(qkv, grads)).backward()
-        outs.append(list(qkv) + [xi.grad, wi.grad] + ([si.grad] if si is not None else []))
+        leaves = [xi, wi] + ([si] if si is not None else [])  # W = 0: the reference never reads w or the state
+        outs.append(list(qkv) + [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves])
     for name, a, b in zip(["q", "k", "v", "dx", "dw", "dstate"], *outs):
         errors[f"{B}x{T} H{H} K{K} V{V} W{W} state={with_state} {name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # W=1: a state gradient of 0
     # k's gradient in two parts (gdn_core_bwd passes FLA's two dk terms to the kernel unsummed): same results
@@ -40,6 +41,11 @@ for B, T, H, K, V, with_state, W in json.loads(sys.argv[1]):
     for name, a, b in zip(["dx", "dw", "dstate"], [dx_parts, *parts], [dx_whole, *whole]):
         if b is not None:
             errors[f"{B}x{T} H{H} K{K} V{V} W{W} state={with_state} dk in two parts: {name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # W=1: a state gradient of 0
+    # dx into a column slice of a wider tensor, as gdn_core_bwd writes dP (W = 0: the du pass writes it, strided)
+    wide = torch.full((B, T, D + 5), 7.0)
+    tg.ShortConv.backward(x, w, state, (H, K, V), grads, wide[..., :D], True)
+    errors[f"{B}x{T} H{H} K{K} V{V} W{W} state={with_state} dx into a column slice"] = max(
+        ((wide[..., :D] - dx_whole).norm() / dx_whole.norm()).item(), float((wide[..., D:] != 7.0).any()))
 print(json.dumps(errors))
 '''
 
@@ -49,6 +55,7 @@ print(json.dumps(errors))
     [[2, 300, 2, 16, 24, True, 4]],           # several tile groups per sequence, v blocks not head-aligned, carried state
     [[1, 2, 1, 16, 20, True, 4], [3, 70, 1, 32, 32, False, 4]],  # fewer tokens than the conv width; a masked v block
     [[2, 70, 2, 16, 16, True, 1], [1, 37, 1, 16, 24, False, 1], [1, 5, 1, 16, 16, True, 2]],  # model.conv_size 1, 2
+    [[2, 70, 2, 16, 24, True, 0], [1, 37, 1, 16, 16, False, 0]],  # model.conv_size=0: no conv, SiLU only (du is dx)
 ])
 def test_short_conv_kernel_matches_torch_in_triton_interpreter(cases):
     pytest.importorskip("triton")
@@ -57,6 +64,6 @@ def test_short_conv_kernel_matches_torch_in_triton_interpreter(cases):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(errors) == sum(9 if c[5] else 7 for c in cases)
+    assert len(errors) == sum(10 if c[5] else 8 for c in cases)
     bad = {k: v for k, v in errors.items() if not v < 1e-5}
     assert not bad, bad
