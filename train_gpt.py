@@ -427,7 +427,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype)  # FLA's l2norm convention
 
 def conv_window(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Tensor:
-    """x [B, T, D] after the W - 1 inputs before it: zeros, or a carried state's [B, D, W] (FLA's layout; slot 0 unread)."""
+    """The W - 1 inputs before x [B, T, D], then x: zeros, or a carried state's [B, D, W] (FLA's layout; slot 0 unread)."""
     prev = x.new_zeros(x.shape[0], max(W - 1, 0), x.shape[2]) if state is None else state[..., 1:].transpose(1, 2).to(x.dtype)
     return torch.cat([prev, x], dim=1)
 

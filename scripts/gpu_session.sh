@@ -12,6 +12,8 @@
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
 #   equiv            (nvidia-h200-x2) 50 steps of the 8-GPU recipe on 2 GPUs vs 1 GPU with 8x accumulation
+# Console lines pass grep line by line and long steps keep their whole log under $OUT, so a call cut at the device
+# tool's time limit still returns what it did.
 # carry: .gpu (../shared/device + brotli wheel), .corpus (debian_docs.jsonl.xz), data/tokenizers
 # DATA: corpus_sp8192_shuffled (default: train documents cut into 8,192-token pieces, shuffled) or corpus_sp8192
 # (input order; the 2026-11-22 records and sweep used it, see README "Data" on why the shuffled build is the default).
@@ -34,43 +36,43 @@ shards &
 build=$!
 for step in "$@"; do
   case $step in
-    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
-             | tail -n 12 | tee $OUT/gpu_tests.log ;;
-    bench) python3 scripts/short_conv_bench.py 2>&1 | grep -E "^short_conv|Error"
+    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} \
+             > $OUT/gpu_tests.log 2>&1; tail -n 12 $OUT/gpu_tests.log ;;
+    bench) python3 scripts/short_conv_bench.py 2>&1 | grep --line-buffered -E "^short_conv|Error"
            python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
-             --profile-dir $OUT --variants "" "gdn_core=fla_function" 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
+             --profile-dir $OUT --variants "" "gdn_core=fla_function" 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
            python3 bench.py --presets attention --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_attention.json \
-             2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+             2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     long) python3 bench.py --presets gdn_hybrid attention --seq-lens 4096 8192 --steps 12 --warmup 3 \
-            --out $OUT/bench_long.json 2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+            --out $OUT/bench_long.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     ablations) for seq in ${SEQ_LENS:-2048 8192}; do
         python3 bench.py --presets gdn_hybrid --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_ablations_$seq.json \
           --variants "" model.conv_size=0 model.gdn_output_gate=false "model.conv_size=0 model.gdn_output_gate=false" \
-          2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
+          2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
         python3 bench.py --presets attention --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_attention_$seq.json \
-          2>&1 | grep -E "^(bench|Traceback|[A-Za-z]*Error)"
+          2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
       done ;;
     warmup) n=0  # fresh cache directories: cold starts (carry no .corpus, or the shard build competes for the CPU)
             for run in gdn_hybrid:/tmp/warmup_hybrid gdn_hybrid:/tmp/warmup_hybrid attention:/tmp/warmup_attention; do
               n=$((n + 1))
               python3 scripts/warmup_profile.py --preset ${run%%:*} --cache-dir ${run#*:} > $OUT/warmup_$n.log 2>&1
-              grep -E "^warmup|Error" $OUT/warmup_$n.log
+              grep --line-buffered -E "^warmup|Error" $OUT/warmup_$n.log
             done ;;
     record:*) wait $build; m=${step#record:}
       torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \
         "export.compressors=[${COMPRESSORS:-lzma}]" run.log_dir=/tmp/runs run.run_id=${m}_${SECONDS_PER_RUN}s 2>&1 \
-        | grep -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
+        | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
       cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null ;;
     sweep) wait $build
       python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \
-        launch.sweep_dir=/tmp/sweep 2>&1 | grep -E "sweep_job|Error|error"
+        launch.sweep_dir=/tmp/sweep 2>&1 | grep --line-buffered -E "sweep_job|Error|error"
       python3 report.py /tmp/sweep && tar -czf $OUT/sweep_report.tgz -C /tmp/sweep report.md report.csv groups.csv \
         $(cd /tmp/sweep && ls *.png) $(cd /tmp/sweep && ls */*.txt */*.results.json 2>/dev/null) ;;
     qwen) python3 frozen_context.py tiers --arch qwen3_5 --device cuda --dtype bf16 --layers 24 --hidden 2048 \
             --intermediate 6144 --heads 8 --kv-heads 2 --head-dim 256 --linear-heads 16 --linear-v-heads 16 \
             --linear-head-dim 128 --vocab 248320 --context 4096 --decision 256 --gdn-decay-init mamba \
-            --out $OUT/qwen_tiers.json 2>&1 | tail -n 40 ;;
+            --out $OUT/qwen_tiers.json > $OUT/qwen.log 2>&1; tail -n 40 $OUT/qwen.log ;;
     equiv) wait $build
       common="model=gdn_hybrid data=$DATA budget=8xh100_steps train.max_steps=50 train.log_every=1 export=none"
       torchrun --standalone --nproc_per_node=1 train_gpt.py $common run.log_dir=/tmp/runs run.run_id=equiv_1gpu \
