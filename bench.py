@@ -157,8 +157,33 @@ def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], 
     return tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
 
 
+def inductor_settings(extra: list[str]) -> dict:
+    """`inductor.KEY=VALUE` tokens of a case as torch._inductor.config settings; an unknown KEY is an error."""
+    import ast
+    import torch._inductor.config as inductor_config
+    settings = {}
+    for token in (o for o in extra if o.startswith("inductor.")):
+        key, _, value = token.removeprefix("inductor.").partition("=")
+        if not hasattr(inductor_config, key):
+            raise ValueError(f"{token!r}: torch._inductor.config has no setting {key!r}")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value  # a bare word: a string setting, e.g. inductor.max_autotune_gemm_backends=TRITON
+    return settings
+
+
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "") -> dict:
+    """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V` and `inductor.KEY=VALUE`."""
+    import torch._inductor.config as inductor_config
+    with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
+        return run_case(preset, seq_len, tokens, steps, warmup, [o for o in extra if not o.startswith("inductor.")], d,
+                        peak_tflops, profile_path)
+
+
+def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
+             peak_tflops: float, profile_path: str) -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
     trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith("gdn_core=")], d)
     cfg = trainer.cfg
@@ -209,7 +234,8 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 2 steps (for CI)")
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
-                             "(see CORE_VARIANTS), e.g. --variants '' gdn_core=fla_function")
+                             "(see CORE_VARIANTS), inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
+                             "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar="ROWS,DX_ROWS,DX_TILES,DX_WARPS",
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")

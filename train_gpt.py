@@ -41,6 +41,7 @@ class ModelConfig:
     logit_softcap: float = 30.0
     unet_skips: bool = True             # encoder/decoder skip connections, as in the challenge baseline
     tied_embed_init_std: float = 0.005
+    bf16_residual: bool = True          # under bf16 autocast the residual stream is bf16 (the challenge's models are bf16)
     kernel: str = "auto"                # auto | fla | torch   (auto: fla on CUDA, torch elsewhere)
     chunk_size: int = 64
 
@@ -152,10 +153,8 @@ def config_from_dict(cls, d: dict, where: str = ""):
             kwargs[name] = config_from_dict(type(default), value, key + ".")
             continue
         expected = type(default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if expected is list and isinstance(value, (list, tuple)):
-            value = list(value)
+        if (expected, type(value)) in ((float, int), (list, list), (list, tuple)):  # YAML's 1 for 1.0; a tuple for a list
+            value = expected(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ValueError(f"config {key}: expected {expected.__name__}, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
@@ -781,7 +780,7 @@ class Block(nn.Module):
 
     def forward(self, x, state=None, want_state=False, attn_window=0, first=False, skip=None):
         # the embedding norm (first block) and U-Net skip add sit in the block's graph: as eager glue, ~2 ms/step
-        x = rms_norm(x) if first else x if skip is None else x + skip[1] * skip[0]
+        x = rms_norm(x) if first else x if skip is None else x + skip[1].to(x.dtype) * skip[0]
         y, new_state = self.mixer(rms_norm(x), state, want_state, attn_window)
         x = x + y
         return x + self.mlp(rms_norm(x)), new_state
@@ -823,6 +822,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, state=None, want_state=False, reduction="mean", attn_window=0):
         """Returns logits, or the loss when targets are given; with want_state, also the per-block states."""
         x, skips, new_states = self.embed(idx), [], []
+        x = x.bfloat16() if self.cfg.bf16_residual and torch.is_autocast_enabled(idx.device.type) else x  # half the traffic
         for i, block in enumerate(self.blocks):
             skip = (skips.pop(), self.skip_weights[i - self.num_skips]) if 0 <= i - self.num_skips < self.num_skips else None
             x, block_state = block(x, None if state is None else state[i], want_state, attn_window, i == 0, skip)

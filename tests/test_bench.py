@@ -26,3 +26,15 @@ def test_bench_rejects_a_malformed_short_conv_tile_setting():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--short-conv-tiles '64,32,8': expected four positive integers" in proc.stderr
+
+
+def test_bench_inductor_settings_parse_and_reject_unknown_keys():
+    sys.path.insert(0, str(ROOT))
+    import bench
+    assert bench.inductor_settings(["model.conv_size=0", "inductor.max_autotune_gemm=True",
+                                    "inductor.max_autotune_gemm_backends=TRITON"]) == dict(
+        max_autotune_gemm=True, max_autotune_gemm_backends="TRITON")
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants",
+                           "inductor.no_such_setting=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "'inductor.no_such_setting=1': torch._inductor.config has no setting 'no_such_setting'" in proc.stderr

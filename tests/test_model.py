@@ -33,6 +33,30 @@ def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout, 
     assert logits.shape == (2, 40, cfg.model.vocab_size) and logits.abs().max() <= cfg.model.logit_softcap
 
 
+@pytest.mark.parametrize("preset", ["gdn_hybrid", "attention"])
+def test_residual_stream_dtype_follows_autocast_and_bf16_residual(preset):
+    """Under bf16 autocast the residual stream (every block's output, the skips included) is bf16, as in the
+    challenge's bf16 models, unless model.bf16_residual=false; without autocast (the CPU path) it stays fp32. The loss
+    of the bf16 stream stays within bf16 rounding of the fp32 one."""
+    torch.manual_seed(0)
+    model = tg.GPT(tiny_config(preset).model)
+    for block in model.blocks:
+        torch.nn.init.normal_(block.mixer.o_proj.weight, std=0.02)
+        torch.nn.init.normal_(block.mlp.proj.weight, std=0.02)
+    seen = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda mod, args, out: seen.append(out[0].dtype))
+    x = torch.randint(0, model.cfg.vocab_size, (2, 40))
+    losses = {}
+    for bf16_residual, autocast in ((True, False), (True, True), (False, True)):
+        model.cfg.bf16_residual, seen[:] = bf16_residual, []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses[bf16_residual, autocast] = model(x, torch.roll(x, -1, 1)).item()
+        assert set(seen) == {torch.bfloat16 if bf16_residual and autocast else torch.float32}
+    assert abs(losses[True, True] - losses[False, True]) < 2e-2 * losses[False, True]
+    assert losses[True, True] != losses[False, True]  # the switch does change the arithmetic
+
+
 def test_optimizer_groups_cover_every_parameter_once():
     cfg = tiny_config("gdn_hybrid")
     model = tg.GPT(cfg.model)
