@@ -163,13 +163,18 @@ def inductor_settings(extra: list[str]) -> dict:
     import torch._inductor.config as inductor_config
     settings = {}
     for token in (o for o in extra if o.startswith("inductor.")):
-        key, _, value = token.removeprefix("inductor.").partition("=")
-        if not hasattr(inductor_config, key):
-            raise ValueError(f"{token!r}: torch._inductor.config has no setting {key!r}")
+        key, equals, value = token.removeprefix("inductor.").partition("=")
+        if not equals or not hasattr(inductor_config, key):
+            raise ValueError(f"{token!r}: expected inductor.KEY=VALUE with KEY a torch._inductor.config setting")
         try:
-            settings[key] = ast.literal_eval(value)
+            parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            settings[key] = value  # a bare word: a string setting, e.g. inductor.max_autotune_gemm_backends=TRITON
+            parsed = value  # a bare word: a string setting, e.g. inductor.max_autotune_gemm_backends=TRITON
+        current = getattr(inductor_config, key)
+        if current is not None and type(parsed) is not type(current):
+            raise ValueError(f"{token!r}: torch._inductor.config.{key} takes a {type(current).__name__} "
+                             f"(now {current!r}), got {parsed!r}")
+        settings[key] = parsed
     return settings
 
 

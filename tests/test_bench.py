@@ -1,8 +1,11 @@
 """bench.py on CPU, so that it cannot rot."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +37,11 @@ def test_bench_inductor_settings_parse_and_reject_unknown_keys():
     assert bench.inductor_settings(["model.conv_size=0", "inductor.max_autotune_gemm=True",
                                     "inductor.max_autotune_gemm_backends=TRITON"]) == dict(
         max_autotune_gemm=True, max_autotune_gemm_backends="TRITON")
+    for bad, message in (("inductor.max_autotune_gemm=true", "takes a bool (now False), got 'true'"),
+                         ("inductor.max_autotune_gemm", "expected inductor.KEY=VALUE")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bench.inductor_settings([bad])
     proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants",
                            "inductor.no_such_setting=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "'inductor.no_such_setting=1': torch._inductor.config has no setting 'no_such_setting'" in proc.stderr
+    assert "'inductor.no_such_setting=1': expected inductor.KEY=VALUE with KEY a torch._inductor.config setting" in proc.stderr
