@@ -1,12 +1,14 @@
 """Throughput benchmark of the trainer's real training step, several presets side by side in one process.
 
-Each case builds train_gpt's own Trainer (same modules, Muon + AdamW, EMA, torch.compile settings) on random
-tokens, runs warm-up steps (compilation, autotuning), then times `--steps` steps with CUDA events and reports
-the median: tok/s, ms/step, peak memory and MFU. Sequence lengths change at a fixed number of tokens per step.
+Each case builds train_gpt's own Trainer (same modules, Muon + AdamW, EMA, torch.compile settings) on random tokens
+(or, with --train-files, real shards through the trainer's TrainLoader), runs warm-up steps (compilation,
+autotuning), then times `--steps` steps with CUDA events and reports the median: tok/s, ms/step, peak memory and
+MFU. Sequence lengths change at a fixed number of tokens per step.
 
     python bench.py                                   # gdn_hybrid, gdn_hybrid_lean, attention, pure_gdn x 2048/4096/8192
     python bench.py --presets gdn_hybrid --seq-lens 2048 --steps 30 --out bench.json
     python bench.py --cpu-smoke                       # tiny model on CPU, to keep this script from rotting
+    python bench.py --train-files 'data/datasets/fineweb10B_sp8192/fineweb_train_*.bin'   # real tokens
 
 FLOP count per token (forward + backward = 3x forward), documented so MFU can be checked by hand:
   * matmuls: 6 * (parameters used in matmuls), counting the tied embedding once as the output head
@@ -150,11 +152,16 @@ def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
         f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
 
 
-def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], d: tg.Dist) -> tg.Trainer:
-    """train_gpt's own Trainer for one preset, `tokens` per step in one micro-batch, on random tokens."""
+def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], d: tg.Dist,
+                  train_files: str = "") -> tg.Trainer:
+    """train_gpt's own Trainer for one preset, `tokens` per step in one micro-batch, on random tokens, or with
+    train_files on real text through the trainer's own TrainLoader (its repeated tokens make the embedding
+    backward's scatter-adds collide, which uniform random tokens do not)."""
     cfg = tg.load_config([f"model={preset}", "export=none", f"train.seq_len={seq_len}", f"train.global_batch_tokens={tokens}",
                           f"train.micro_batch_seqs={tokens // seq_len}"] + overrides)
-    return tg.Trainer(cfg, d, RandomBatches(cfg.train, d, cfg.model.vocab_size))
+    loader = (tg.TrainLoader(train_files, cfg.train, d, cfg.model.vocab_size) if train_files
+              else RandomBatches(cfg.train, d, cfg.model.vocab_size))
+    return tg.Trainer(cfg, d, loader)
 
 
 def inductor_settings(extra: list[str]) -> dict:
@@ -179,18 +186,18 @@ def inductor_settings(extra: list[str]) -> dict:
 
 
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
-               peak_tflops: float, profile_path: str = "") -> dict:
+               peak_tflops: float, profile_path: str = "", train_files: str = "") -> dict:
     """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V` and `inductor.KEY=VALUE`."""
     import torch._inductor.config as inductor_config
     with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
         return run_case(preset, seq_len, tokens, steps, warmup, [o for o in extra if not o.startswith("inductor.")], d,
-                        peak_tflops, profile_path)
+                        peak_tflops, profile_path, train_files)
 
 
 def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
-             peak_tflops: float, profile_path: str) -> dict:
+             peak_tflops: float, profile_path: str, train_files: str) -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
-    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith("gdn_core=")], d)
+    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith("gdn_core=")], d, train_files)
     cfg = trainer.cfg
     for block in trainer.model.blocks if variant else []:
         if block.kind == "G":
@@ -221,6 +228,7 @@ def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, ex
     flops = flops_per_token(cfg.model, seq_len)
     tok_s = tokens / (ms / 1000)
     return dict(preset=preset, layout=cfg.model.layout, seq_len=seq_len, tokens_per_step=tokens,
+                tokens_from=train_files or "random",
                 params=sum(p.numel() for p in trainer.model.parameters()), ms_per_step=ms,
                 ms_spread=[min(times_ms), max(times_ms)], warmup_s=warmup_s, tok_per_s=tok_s, peak_mem_mib=tg.peak_memory_mib(d),
                 flops_per_token=flops, mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
@@ -237,6 +245,8 @@ def main() -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--profile-dir", default="", help="write a torch.profiler table per case here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 2 steps (for CI)")
+    parser.add_argument("--train-files", default="", metavar="PATTERN",
+                        help="time on these shards' tokens (the trainer's TrainLoader) instead of random tokens")
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
                              "(see CORE_VARIANTS), inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
@@ -262,11 +272,11 @@ def main() -> None:
         tag = f"{preset}_{seq_len}" + ("_" + variant.replace(" ", "_").replace("=", "-") if variant else "")
         profile_path = f"{args.profile_dir}/profile_{tag}.txt" if args.profile_dir else ""
         rows.append(bench_case(preset, seq_len, args.tokens_per_step, args.steps, args.warmup, extra + variant.split(),
-                               d, args.peak_tflops, profile_path))
+                               d, args.peak_tflops, profile_path, args.train_files))
         r = rows[-1]
         r["variant"] = variant
-        print(f"bench preset:{preset} seq_len:{seq_len} variant:{variant or '-'} tok/s:{r['tok_per_s']:.0f} "
-              f"ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} mfu:{100 * r['mfu']:.1f}% "
+        print(f"bench preset:{preset} seq_len:{seq_len} variant:{variant or '-'} tokens:{r['tokens_from']} "
+              f"tok/s:{r['tok_per_s']:.0f} ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} mfu:{100 * r['mfu']:.1f}% "
               f"warmup_s:{r['warmup_s']:.1f}", flush=True)
         torch._dynamo.reset()
         if d.device.type == "cuda":

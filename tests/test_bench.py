@@ -45,3 +45,18 @@ def test_bench_inductor_settings_parse_and_reject_unknown_keys():
                            "inductor.no_such_setting=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "'inductor.no_such_setting=1': expected inductor.KEY=VALUE with KEY a torch._inductor.config setting" in proc.stderr
+
+
+def test_bench_times_real_shards_through_the_trainers_loader(synthetic_data, tmp_path):
+    pattern = f"{synthetic_data['dir']}/synthetic_train_*.bin"
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--train-files", pattern,
+                           "--out", str(out), "model.vocab_size=8192"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["tokens_from"] for r in rows] == [pattern, pattern] and all(r["tok_per_s"] > 0 for r in rows)
+    assert f"tokens:{pattern} " in proc.stdout
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--train-files",
+                           str(tmp_path / "none_*.bin")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and f"no shards match '{tmp_path}/none_*.bin'" in proc.stderr
