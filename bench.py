@@ -24,6 +24,7 @@ Peak: bf16 dense 989 TFLOP/s (H100 SXM datasheet); override with --peak-tflops.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -31,6 +32,7 @@ import time
 import types
 
 import torch
+import torch._inductor.config as inductor_config
 
 import train_gpt as tg
 
@@ -166,8 +168,6 @@ def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], 
 
 def inductor_settings(extra: list[str]) -> dict:
     """`inductor.KEY=VALUE` tokens of a case as torch._inductor.config settings; an unknown KEY is an error."""
-    import ast
-    import torch._inductor.config as inductor_config
     settings = {}
     for token in (o for o in extra if o.startswith("inductor.")):
         key, equals, value = token.removeprefix("inductor.").partition("=")
@@ -188,7 +188,6 @@ def inductor_settings(extra: list[str]) -> dict:
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "", train_files: str = "") -> dict:
     """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V` and `inductor.KEY=VALUE`."""
-    import torch._inductor.config as inductor_config
     with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
         return run_case(preset, seq_len, tokens, steps, warmup, [o for o in extra if not o.startswith("inductor.")], d,
                         peak_tflops, profile_path, train_files)

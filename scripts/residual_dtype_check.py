@@ -20,23 +20,23 @@ BATCH = 16
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help="a shard directory (train_gpt's format) with *train* and *val* shards")
+    parser.add_argument("--data-dir", required=True,
+                        help="a shard directory (train_gpt's format) with *_train_* and *_val_* shards")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence; 16 sequences per batch")
     parser.add_argument("--val-batches", type=int, default=8)
     args = parser.parse_args()
-    shards = {split: sorted(Path(args.data_dir).glob(f"*_{split}_*.bin")) for split in ("train", "val")}
-    for split, paths in shards.items():
-        if not paths:
+    SEQ, streams = args.seq_len, {}
+    for split, batches in (("train", args.steps), ("val", args.val_batches)):
+        if not list(Path(args.data_dir).glob(f"*_{split}_*.bin")):
             parser.error(f"--data-dir {args.data_dir}: no *_{split}_*.bin shard")
-    SEQ = args.seq_len
-    tokens, val = (np.fromfile(shards[s][0], dtype=np.uint16, offset=tg.SHARD_HEADER_WORDS * 4) for s in ("train", "val"))
-    for split, arr, batches in (("train", tokens, args.steps), ("val", val, args.val_batches)):
-        if len(arr) < batches * BATCH * SEQ + 1:
-            parser.error(f"{shards[split][0]}: {len(arr)} tokens, too few for {batches} batches of {BATCH} x {SEQ}")
+        streams[split] = stream = tg.TokenStream(f"{args.data_dir}/*_{split}_*.bin")  # checks headers and sizes
+        if stream.total < batches * BATCH * SEQ + 1:  # the stream would wrap around: batches would repeat
+            parser.error(f"{', '.join(stream.files)}: {stream.total} tokens, too few for {batches} batches of "
+                         f"{BATCH} x {SEQ}")
 
-    def batch(arr, i):
-        t = torch.from_numpy(arr[i * BATCH * SEQ: (i + 1) * BATCH * SEQ + 1].astype(np.int64))
+    def batch(split, i):
+        t = torch.from_numpy(streams[split].read(i * BATCH * SEQ, BATCH * SEQ + 1))
         return t[:-1].view(BATCH, SEQ), t[1:].view(BATCH, SEQ)
 
     for bf16_residual in (False, True):
@@ -48,7 +48,7 @@ def main() -> None:
         losses = []
         for step in range(args.steps):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(*batch(tokens, step))
+                loss = model(*batch("train", step))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
             for opt in opts:
@@ -56,10 +56,10 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
             if (step + 1) % 50 == 0:
-                print(f"bf16_residual:{bf16_residual} step:{step + 1} train_loss(mean of last 50):{np.mean(losses[-50:]):.4f}",
-                      flush=True)
+                mean = np.mean(losses[-50:])
+                print(f"bf16_residual:{bf16_residual} step:{step + 1} train_loss(mean of last 50):{mean:.4f}", flush=True)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            val_loss = np.mean([model(*batch(val, i)).item() for i in range(args.val_batches)])
+            val_loss = np.mean([model(*batch("val", i)).item() for i in range(args.val_batches)])
         print(f"bf16_residual:{bf16_residual} val_loss:{val_loss:.4f}", flush=True)
 
 

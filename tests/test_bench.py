@@ -32,8 +32,7 @@ def test_bench_rejects_a_malformed_short_conv_tile_setting():
 
 
 def test_bench_inductor_settings_parse_and_reject_unknown_keys():
-    sys.path.insert(0, str(ROOT))
-    import bench
+    import bench  # conftest puts the repo root on sys.path
     assert bench.inductor_settings(["model.conv_size=0", "inductor.max_autotune_gemm=True",
                                     "inductor.max_autotune_gemm_backends=TRITON"]) == dict(
         max_autotune_gemm=True, max_autotune_gemm_backends="TRITON")
