@@ -113,7 +113,7 @@ def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
 
 
 KERNEL_CATEGORIES = [  # first match wins; a kernel name is lower-cased before matching
-    ("gemm", ("gemm", "nvjet", "cutlass", "cublas", "sm90_xmma")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "cublas", "sm90_xmma", "relu2_mm")),
     ("softmax attention", ("flash", "fmha", "cudnn", "attention")),
     ("fla short conv", ("causal_conv1d",)),
     ("fused short conv (harness)", ("short_conv",)),

@@ -43,6 +43,7 @@ class ModelConfig:
     tied_embed_init_std: float = 0.005
     bf16_residual: bool = True          # under bf16 autocast the residual stream is bf16 (the challenge's models are bf16)
     kernel: str = "auto"                # auto | fla | torch   (auto: fla on CUDA, torch elsewhere)
+    fused_mlp: bool = True              # with kernel fla, in training: the MLP's two Triton GEMMs with ReLU^2 inside
     chunk_size: int = 64
 
 @dataclass
@@ -267,13 +268,11 @@ def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
 
 def synchronize(d: Dist) -> None:
     torch.cuda.synchronize(d.device) if d.device.type == "cuda" else None
-
 def autocast(d: Dist):
     return torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 class Logger:
     """key:value lines to the console and logs/<run_id>.txt (rank 0 only), flushed line by line."""
-
     def __init__(self, cfg: Config, d: Dist):
         self.d, self.path, self.wandb = d, None, None
         if not d.master:
@@ -289,23 +288,19 @@ class Logger:
             self.wandb = wandb.init(project=cfg.run.wandb_project, group=cfg.run.wandb_group or None,
                                     name=cfg.run.run_id, mode=cfg.run.wandb_mode, config=dataclasses.asdict(cfg),
                                     dir=cfg.run.log_dir)
-
     def __call__(self, msg: str, console: bool = True) -> None:
         if self.d.master:
             if console:
                 print(msg, flush=True)
             print(msg, file=self.file, flush=True)
-
     def metrics(self, head: str, step: int | None = None, **values) -> None:
         self(" ".join([head] * bool(head) + [f"{k}:{v:.8f}" if isinstance(v, float) and k.startswith(("val_", "entropy"))
                                             else f"{k}:{v:.4f}" if isinstance(v, float) else f"{k}:{v}" for k, v in values.items()]))
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
-
     def summary(self, results: dict) -> None:
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
@@ -357,7 +352,6 @@ def read_shard_header(path: str) -> int:
 class TokenStream:
     """The concatenation of all shards as one virtual array, read by global position (wrapping around); every read
     is checked against the vocabulary (on the host, where the batch is anyway: no device sync)."""
-
     def __init__(self, pattern: str, vocab_size: int = 1 << 16):
         if not (files := sorted(glob.glob(pattern))):
             raise FileNotFoundError(f"no shards match {pattern!r} (build them: see README, 'Data')")
@@ -365,7 +359,6 @@ class TokenStream:
         self.shards = [np.memmap(f, dtype="<u2", mode="r", offset=SHARD_HEADER_WORDS * 4, shape=(read_shard_header(f),)) for f in files]
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
         self.total = int(self.starts[-1])
-
     def read(self, start: int, n: int) -> np.ndarray:
         out, start = [], start % self.total
         while n > 0:
@@ -380,7 +373,6 @@ class TokenStream:
 class TrainLoader:
     """Global batch = `global_batch_tokens` consecutive tokens cut into sequences; sequence j of a step goes to
     micro step j // (world * micro), rank (j // micro) % world, so the union over ranks never depends on world."""
-
     def __init__(self, pattern: str, cfg: TrainConfig, d: Dist, vocab_size: int = 1 << 16):
         self.stream, self.d, self.seq_len, self.micro = TokenStream(pattern, vocab_size), d, cfg.seq_len, cfg.micro_batch_seqs
         seqs = cfg.global_batch_tokens // cfg.seq_len
@@ -388,7 +380,6 @@ class TrainLoader:
             raise ValueError(f"config: {seqs} sequences per step do not split into {d.world} ranks x "
                              f"train.micro_batch_seqs={self.micro}; change global_batch_tokens or micro_batch_seqs")
         self.accum_steps, self.step_tokens, self.position = seqs // (d.world * self.micro), cfg.global_batch_tokens, 0
-
     def next_batch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batch = []
         for m in range(self.accum_steps):
@@ -403,7 +394,6 @@ class TrainLoader:
 def load_val_tokens(pattern: str, device: torch.device, vocab_size: int = 1 << 16) -> torch.Tensor:
     stream = TokenStream(pattern, vocab_size)
     return torch.from_numpy(stream.read(0, stream.total)).to(device)
-
 def load_data_meta(cfg: DataConfig) -> dict:
     """The build's meta.json (entropy floor of synthetic data, token counts; optional unless data.meta_path is set),
     checked against data.tokenizer_path: bits per byte counted with another tokenizer's pieces would be wrong."""
@@ -421,7 +411,6 @@ def load_data_meta(cfg: DataConfig) -> dict:
 
 def rms_norm(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
-
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + 1e-6).to(x.dtype)  # FLA's l2norm convention
 
@@ -433,7 +422,6 @@ def conv_window(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Te
 def conv_tail(x: torch.Tensor, state: torch.Tensor | None, W: int) -> torch.Tensor:  # the state after x: last W inputs
     padded = conv_window(x[:, max(x.shape[1] - W, 0):], state, W)
     return padded[:, padded.shape[1] - W:].mT.contiguous()
-
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None):
     """Depthwise causal conv + SiLU as W shifted multiply-adds in fp32 (W = 0: SiLU only), and the state after x."""
     T, W = x.shape[1], weight.shape[1]
@@ -459,7 +447,6 @@ if triton is not None:
             xs += tl.load(s0 + i_b * D * W + c[None, :] * W + (W + rows)[:, None],
                           mask=((rows < 0) & (rows > -W))[:, None] & m_c, other=0.0).to(tl.float32)
         return xs
-
     @triton.jit
     def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, sdb, sdt, H: tl.constexpr, K: tl.constexpr,
                           V: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr,
@@ -501,7 +488,6 @@ if triton is not None:
                 tl.store(pk + oq, y.to(k.dtype.element_ty), mask=m)
             else:
                 tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
-
     @triton.jit
     def short_conv_dx_kernel(du, x, w, s0, dx, ds, dw_part, T, sxb, sxt, sdb, sdt, D, TILES: tl.constexpr, W: tl.constexpr,
                              BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr, WANT_DSTATE: tl.constexpr):
@@ -530,7 +516,6 @@ class ShortConv:
     """Causal conv + SiLU over q|k|v and each q and k head's L2 norm in one pass, into contiguous [B, T, heads, dim] q, k,
     v for FLA; the backward recomputes the pre-activation (a pass to its gradient du, one from du to dx, dw)."""
     ROWS, DX_ROWS, DX_TILES, DX_WARPS = 64, 32, 8, 2  # tiles measured on an H100: scripts/short_conv_bench.py
-
     @staticmethod
     def conv_pass(x, weight, state, dims, qkv, du=None, k2=None):  # forward, or (given du) backward to du
         (B, T, D), (H, K, V), W, state = x.shape, dims, weight.shape[1], state if weight.shape[1] else None
@@ -538,7 +523,6 @@ class ShortConv:
             x, weight if W else x, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du,
             T, x.stride(0), x.stride(1), *(x if du is None else du).stride()[:2], H=H, K=K, V=V, W=W,
             BT=ShortConv.ROWS, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None)
-
     @staticmethod
     def forward(x, weight, state, dims):
         """x [B, T, q|k|v] (rows may be strided), weight [q|k|v, W], state None or [B, q|k|v, W] -> q, k, v."""
@@ -548,7 +532,6 @@ class ShortConv:
         qkv = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
         ShortConv.conv_pass(x, weight, state, dims, qkv)
         return qkv
-
     @staticmethod
     def backward(x, weight, state, dims, grads, dx, want_dstate: bool, dk2=None):
         """Gradients of q, k (+ dk2), v -> dx, written into the given tensor or column slice; returns dweight, dstate."""
@@ -574,7 +557,6 @@ def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, c
     if HV != H:
         q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
     C, pad, N = chunk_size, (-T) % chunk_size, -(-T // chunk_size)
-
     def chunks(x):  # [B, T, HV, ...] -> [B, HV, N, C, ...]; zero padding is inert (beta = 0, g = 0)
         x = x.float().transpose(1, 2)
         x = F.pad(x, (0, 0, 0, pad) if x.dim() == 4 else (0, pad))
@@ -654,7 +636,6 @@ def gdn_core_bwd(do: Tensor, dS: Tensor | None, saved: list[Tensor], conv_state:
 def _(do, dS, saved, conv_state, S0, H, K, V, C, want_dstate):  # saved starts with P, conv_weight, A_log, dt_bias
     return [torch.empty_like(t) for t in saved[:4]] + [torch.empty_like(conv_state) if conv_state is not None and
             want_dstate else do.new_empty(0), do.new_empty(0) if S0 is None else torch.empty_like(S0, dtype=torch.float32)]
-
 def gdn_core_setup(ctx, inputs, output):
     P, conv_weight, A_log, dt_bias, conv_state, S0, *ctx.dims, _ = inputs
     ctx.save_for_backward(conv_state, S0, P, conv_weight, A_log, dt_bias, *output[2:])
@@ -670,7 +651,6 @@ gdn_core_fwd.register_autograd(gdn_core_backward, setup_context=gdn_core_setup)
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet mixer: q/k/v by a causal short conv + SiLU (conv_size=0: SiLU only), L2-normalised q and k, beta =
     sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias), output RMSNorm'd, gated by silu(g_proj x) if gdn_output_gate."""
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, H, K, W = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim, cfg.conv_size
@@ -685,7 +665,6 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
         self.norm_weight, self.o_proj = nn.Parameter(torch.ones(self.Vh)), nn.Linear(H * self.Vh, D, bias=False)
         nn.init.zeros_(self.o_proj.weight)
-
     def forward(self, x, state=None, want_state=False, attn_window=0):
         (B, T, _), H, Vh = x.shape, self.H, self.Vh
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight,
@@ -695,11 +674,9 @@ class GatedDeltaNet(nn.Module):
         o = rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate
         y = self.o_proj(o.reshape(B, T, H * Vh).to(x.dtype))
         return y, ((conv_state, S) if want_state else None)
-
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
         return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)
-
     def core(self, P, state, want_state: bool):
         """P = [q|k|v|a|b] -> per-head output and new states: the gdn_core_fwd op, or the same math in torch."""
         (H, K, Vh), conv_state, S0 = (self.H, self.K, self.Vh), *(state if state is not None else (None, None))
@@ -722,7 +699,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Attention(nn.Module):
     """GQA softmax attention with RMSNorm on q and k and RoPE. A carried state is (keys before RoPE, values,
     valid) of earlier tokens; RoPE positions count from the oldest carried token, so they stay small."""
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, self.H, self.Hkv, self.hd = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads
@@ -730,11 +706,9 @@ class Attention(nn.Module):
         self.k_proj, self.v_proj = nn.Linear(D, self.Hkv * self.hd, bias=False), nn.Linear(D, self.Hkv * self.hd, bias=False)
         nn.init.zeros_(self.o_proj.weight)
         self.register_buffer("inv_freq", cfg.rope_base ** -(torch.arange(0, self.hd, 2).float() / self.hd), persistent=False)
-
     def rope(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), self.inv_freq)
         return angles.cos()[None, None], angles.sin()[None, None]
-
     def forward(self, x, state=None, want_state=False, attn_window=0):
         B, T, D = x.shape
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
@@ -763,21 +737,67 @@ class Attention(nn.Module):
         y = self.o_proj(y.transpose(1, 2).reshape(B, T, D))
         return y, ((k_all, v_all, valid) if want_state else None)
 
+if triton is not None:
+    @triton.jit
+    def relu2_mm_kernel(a, b, c, aux, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BACKWARD: tl.constexpr):
+        """c = relu(a b^T)^2 with b [N, K]; BACKWARD: c = (a b) 2 sqrt(aux) with b [K, N], the hidden's gradient from c's,
+        aux = the forward's c (relu(h) = sqrt(c): h is never stored). Persistent over c's tiles, TMA loads (all [rows,
+        cols] contiguous); beat the non-persistent and pointer forms: scripts/relu2_mm_explore.py."""
+        a_d = tl.make_tensor_descriptor(a, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
+        b_d = tl.make_tensor_descriptor(b, shape=[K, N] if BACKWARD else [N, K], strides=[N if BACKWARD else K, 1],
+                                        block_shape=[BK, BN] if BACKWARD else [BN, BK])
+        c_d, aux_d = [tl.make_tensor_descriptor(t, shape=[M, N], strides=[N, 1], block_shape=[BM, BN]) for t in (c, aux)]
+        n_n = tl.cdiv(N, BN)
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM) * n_n, tl.num_programs(0), flatten=True):
+            m0, n0, acc = tile // n_n * BM, tile % n_n * BN, tl.zeros((BM, BN), tl.float32)
+            for k0 in range(0, K, BK):
+                acc = tl.dot(a_d.load([m0, k0]), b_d.load([k0, n0]) if BACKWARD else b_d.load([n0, k0]).T, acc)
+            acc = acc * 2 * tl.sqrt(aux_d.load([m0, n0]).to(tl.float32)) if BACKWARD else tl.maximum(acc, 0.0) * tl.maximum(acc, 0.0)
+            c_d.store([m0, n0], acc.to(c.dtype.element_ty))
+
+def relu2_mm(a: Tensor, b: Tensor, aux: Tensor | None = None) -> Tensor:
+    (M, K), N = a.shape, b.shape[0 if aux is None else 1]
+    if K % 8 or N % 8:
+        raise ValueError(f"model.model_dim={K}, MLP width {N}: the fused MLP's TMA loads need multiples of 8; set model.fused_mlp=false")
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=a.device))  # descriptors
+    c, sms = a.new_empty(M, N), torch.cuda.get_device_properties(a.device).multi_processor_count
+    BN, stages = (256, 3) if aux is None else (128, 5)  # the best tiles on an H100 (the backward's epilogue loads aux)
+    relu2_mm_kernel[(min(sms, triton.cdiv(M, 128) * triton.cdiv(N, BN)),)](a, b, c, c if aux is None else aux, M, N, K, BM=128,
+                                                                          BN=BN, BK=64, BACKWARD=aux is not None, num_warps=8, num_stages=stages)
+    return c
+
+@torch.library.custom_op(GDN_OPS + "::relu2_mlp_fwd", mutates_args=())
+def relu2_mlp_fwd(x: Tensor, fc: Tensor, proj: Tensor) -> list[Tensor]:  # MLP output, and c = relu(x fc^T)^2 to keep
+    c = relu2_mm(x.contiguous(), fc)
+    return [c @ proj.t(), c]
+
+@torch.library.custom_op(GDN_OPS + "::relu2_mlp_bwd", mutates_args=())
+def relu2_mlp_bwd(dy: Tensor, x: Tensor, fc: Tensor, proj: Tensor, c: Tensor) -> list[Tensor]:
+    dh = relu2_mm(dy.contiguous(), proj, c)
+    return [dh @ fc, dh.t() @ x, dy.t() @ c]
+
+relu2_mlp_fwd.register_fake(lambda x, fc, proj: [x.new_empty(x.shape[0], proj.shape[0]), x.new_empty(x.shape[0], fc.shape[0])])
+relu2_mlp_bwd.register_fake(lambda dy, x, fc, proj, c: [torch.empty_like(x), torch.empty_like(fc), torch.empty_like(proj)])
+relu2_mlp_fwd.register_autograd(lambda ctx, grads: tuple(relu2_mlp_bwd(grads[0], *ctx.saved_tensors)), setup_context=lambda
+                                ctx, inputs, output: (ctx.save_for_backward(*inputs, output[1]), ctx.set_materialize_grads(False)))
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = int(cfg.mlp_mult * cfg.model_dim)
         self.fc, self.proj = nn.Linear(cfg.model_dim, hidden, bias=False), nn.Linear(hidden, cfg.model_dim, bias=False)
         nn.init.zeros_(self.proj.weight)
-
+        self.fused = False  # the Triton GEMMs with ReLU^2 inside (GPT.set_kernel); not under no_grad: GPTQ hooks fc and proj
     def forward(self, x):
+        if self.fused and torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type):
+            dt = torch.get_autocast_dtype(x.device.type)
+            return relu2_mlp_fwd(x.reshape(-1, x.shape[-1]).to(dt), self.fc.weight.to(dt), self.proj.weight.to(dt))[0].view(x.shape)
         return self.proj(F.relu(self.fc(x)).square())
 
 class Block(nn.Module):
     def __init__(self, kind: str, cfg: ModelConfig):
         super().__init__()
         self.kind, self.mixer, self.mlp = kind, GatedDeltaNet(cfg) if kind == "G" else Attention(cfg), MLP(cfg)
-
     def forward(self, x, state=None, want_state=False, attn_window=0, first=False, skip=None):
         # the embedding norm (first block) and U-Net skip add sit in the block's graph: as eager glue, ~2 ms/step
         x = rms_norm(x) if first else x if skip is None else x + skip[1].to(x.dtype) * skip[0]
@@ -787,18 +807,15 @@ class Block(nn.Module):
 
 class Head(nn.Module):
     """Final RMSNorm -> tied output projection -> softcap (-> cross-entropy); a module so it compiles as a region."""
-
     def __init__(self, softcap: float):
         super().__init__()
         self.softcap = softcap
-
     def forward(self, x, weight, targets=None, reduction="mean"):
         logits = self.softcap * torch.tanh(F.linear(rms_norm(x), weight).float() / self.softcap)
         return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 class GPT(nn.Module):
     """Tied embedding -> blocks (with U-Net skips from the first half to the second) -> softcapped logits."""
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, self.embed = cfg, nn.Embedding(cfg.vocab_size, cfg.model_dim)
@@ -807,18 +824,15 @@ class GPT(nn.Module):
         self.num_skips = len(cfg.layout) // 2 if cfg.unet_skips else 0
         self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim)) if self.num_skips else None
         self.head = Head(cfg.logit_softcap)
-
     def compile_regions(self) -> None:
         """Each block and the head compiled alone (train.compile=regions): compile time does not grow with depth (blocks
         of one kind share code); the step is ~4% slower than one whole graph."""
         for block in self.blocks:
             block.compile()
         self.head.compile()
-
     def set_kernel(self, kernel: str) -> None:
-        for block in (b for b in self.blocks if b.kind == "G"):
-            block.mixer.kernel = kernel
-
+        for block in self.blocks:
+            block.mixer.kernel, block.mlp.fused = kernel, kernel == "fla" and self.cfg.fused_mlp  # (attention ignores kernel)
     def forward(self, idx, targets=None, state=None, want_state=False, reduction="mean", attn_window=0):
         """Returns logits, or the loss when targets are given; with want_state, also the per-block states."""
         x, skips, new_states = self.embed(idx), [], []
@@ -872,11 +886,9 @@ def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world
     (same-shape matrices stacked into one batched iteration) and broadcast, so every rank applies it."""
-
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int, d: Dist, ns=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
         self.d, self.ns = d, ns or newton_schulz
-
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
@@ -976,11 +988,9 @@ def target_bytes(tables, inputs: torch.Tensor, targets: torch.Tensor) -> torch.T
 class EvalSums:
     def __init__(self, device):
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss (nats), tokens, bytes
-
     def add(self, losses, inputs, targets, tables, mask):
         self.sums += torch.stack([losses.view_as(targets).double()[mask].sum(), mask.sum().double(),
                                   target_bytes(tables, inputs, targets)[mask].sum().double()])
-
     def result(self, t0: float) -> dict:
         loss, tokens, nbytes = all_reduce(self.sums.clone()).tolist()
         return dict(val_loss=loss / tokens, val_bpb=loss / math.log(2) / nbytes, tokens=int(tokens),
@@ -1141,7 +1151,6 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned ints < 2**bits densely: `bits` bits per value, little-endian bit order."""
     unpacked = (values.astype(np.uint8)[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
     return np.packbits(unpacked.reshape(-1), bitorder="little").tobytes()
-
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     unpacked = np.unpackbits(np.frombuffer(data, np.uint8), count=count * bits, bitorder="little")
     return (unpacked.reshape(count, bits) << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
@@ -1149,7 +1158,6 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 def shuffle_bytes(a: np.ndarray) -> bytes:
     """fp16 arrays as all high bytes then all low bytes: similar bytes sit together and compress better."""
     return np.ascontiguousarray(a.astype("<f2").view(np.uint8).reshape(-1, 2).T).tobytes()
-
 def unshuffle_bytes(data: bytes, count: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(2, count).T.copy().view("<f2").reshape(-1)
 
@@ -1247,17 +1255,13 @@ def generate_tokens(model: GPT, n_seqs: int, seq_len: int, d: Dist, seed: int) -
 def is_log_step(step: int, every: int) -> bool:
     """Multiples of `every`, plus powers of two before it (early clock readings for the stop decision)."""
     return step % every == 0 or (step < every and step & (step - 1) == 0)
-
 def next_log_step(step: int, every: int) -> int:
     return next(s for s in range(step + 1, step + every + 1) if is_log_step(s, every))
-
 def lr_scale_at(progress: float, warmdown_frac: float) -> float:
     return 1.0 if progress < 1 - warmdown_frac else max(0.0, (1 - progress) / warmdown_frac)
-
 def peak_memory_mib(d: Dist) -> float:  # ru_maxrss is in KiB on Linux
     return (torch.cuda.max_memory_allocated(d.device) / 2**20 if d.device.type == "cuda" else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
 def write_json(path: str, obj: dict) -> None:
     Path(path + ".tmp").write_text(json.dumps(obj, indent=1, default=str))  # then renamed: never half-written
     os.replace(path + ".tmp", path)
@@ -1274,7 +1278,6 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, cfg.train, d)
         self.names, self.params = map(list, zip(*self.model.named_parameters()))
         self.step, self.ema = 0, [p.detach().float().clone() for p in self.params] if cfg.train.ema_decay > 0 else None
-
     def train_step(self, lr_scale: float, momentum: float, grad_split: bool) -> tuple[torch.Tensor, dict | None]:
         total, batch = torch.zeros((), device=self.d.device), self.loader.next_batch()
         for x, y in batch:
@@ -1301,17 +1304,14 @@ class Trainer:
             torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - decay)
         self.step += 1
         return total / len(batch), split
-
     def snapshot(self):
         return (copy.deepcopy(self.model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers],
                 self.loader.position, None if self.ema is None else [e.clone() for e in self.ema], self.step)
-
     def restore(self, snap) -> None:
         self.model.load_state_dict(snap[0])  # snap: model, optimizers, loader position, EMA, step
         for opt, state in zip(self.optimizers, snap[1]):
             opt.load_state_dict(state)
         self.loader.position, self.ema, self.step = snap[2:]
-
     @torch.no_grad()
     def apply_ema(self) -> None:
         if self.ema is not None:

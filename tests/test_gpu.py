@@ -23,6 +23,8 @@ KERNELS = ["fla", "fla_function"]  # train_gpt's path (the gdn_core_fwd op), the
 def use_kernel(module, kernel: str) -> None:
     """Point a GatedDeltaNet (or every GDN block of a GPT) at an FLA path."""
     import types
+    if isinstance(module, tg.GPT):
+        module.set_kernel("fla")  # also the fused MLP (model.fused_mlp)
     mixers = [b.mixer for b in module.blocks if b.kind == "G"] if isinstance(module, tg.GPT) else [module]
     for mixer in mixers:
         mixer.kernel = "fla"
@@ -159,11 +161,31 @@ def test_gdn_initial_state_gradient_fla_matches_torch(kernel):
     assert rel_err(grads[1], grads[0]) < 5e-2
 
 
+@pytest.mark.parametrize("M,D,hidden", [(8192, 512, 1536), (1000, 80, 200), (3, 64, 192)])
+def test_fused_mlp_matches_torch(M, D, hidden):
+    """The Triton ReLU^2 MLP (bf16, TMA tiles partly out of bounds in the odd shapes) against fp32 torch: the output
+    and the gradients of the input and both weights."""
+    torch.manual_seed(M)
+    x, dy = torch.randn(M, D, device="cuda"), torch.randn(M, D, device="cuda")
+    fc, proj = torch.randn(hidden, D, device="cuda") * D ** -0.5, torch.randn(D, hidden, device="cuda") * hidden ** -0.5
+    outs = []
+    for fused in (False, True):
+        leaves = [t.detach().clone().to(torch.bfloat16 if fused else torch.float32).requires_grad_() for t in (x, fc, proj)]
+        y = tg.relu2_mlp_fwd(*leaves)[0] if fused else torch.relu(leaves[0] @ leaves[1].t()).square() @ leaves[2].t()
+        y.backward(dy.to(y.dtype))
+        outs.append([y] + [t.grad for t in leaves])
+    for name, fused, ref in zip(["y", "dx", "dfc", "dproj"], outs[1], outs[0]):
+        assert rel_err(fused, ref) < 1e-2, name
+    args = tuple(t.bfloat16().requires_grad_() for t in (x, fc, proj))
+    torch.library.opcheck(tg.relu2_mlp_fwd, args)
+    with pytest.raises(ValueError, match="model.fused_mlp=false"):
+        tg.relu2_mlp_fwd(x[:, :D - 1].bfloat16(), fc[:, :D - 1].bfloat16(), proj[:D - 1].bfloat16())
+
+
 @pytest.mark.parametrize("preset,kernel,mode", [("gdn_hybrid", "fla", "whole"), ("gdn_hybrid", "fla", "regions"),
                                                ("gdn_hybrid", "fla_function", "regions"), ("attention", "fla", "whole")])
 def test_full_model_compiled_fla_matches_eager_torch(preset, kernel, mode):
-    """The whole model: compiled (train.compile=whole, the default on CUDA, or regions) + FLA + bf16 (the training
-    path) against eager torch kernels in fp32."""
+    """The whole model: compiled (train.compile=whole, the default on CUDA, or regions) + FLA + the fused MLP + bf16 (the training path) against eager torch kernels in fp32."""
     cfg = tg.load_config([f"model={preset}", "export=none"]).model
     torch.manual_seed(0)
     ref = tg.GPT(cfg).cuda()

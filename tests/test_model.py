@@ -57,6 +57,18 @@ def test_residual_stream_dtype_follows_autocast_and_bf16_residual(preset):
     assert losses[True, True] != losses[False, True]  # the switch does change the arithmetic
 
 
+@pytest.mark.parametrize("kernel,fused_mlp,expected", [("torch", True, False), ("fla", True, True), ("fla", False, False)])
+def test_set_kernel_switches_the_fused_mlp(kernel, fused_mlp, expected):
+    """GPT.set_kernel puts every MLP on the Triton path exactly when the GPU kernels are on and model.fused_mlp is
+    true; the torch kernel (the CPU path) never uses it. The fused MLP is checked against torch on the GPU
+    (tests/test_gpu.py)."""
+    cfg = tg.load_config(["model=gdn_hybrid", f"model.fused_mlp={str(fused_mlp).lower()}"] + TINY)
+    model = tg.GPT(cfg.model)
+    assert not any(b.mlp.fused for b in model.blocks)
+    model.set_kernel(kernel)
+    assert [b.mlp.fused for b in model.blocks] == [expected] * len(model.blocks)
+
+
 def test_optimizer_groups_cover_every_parameter_once():
     cfg = tiny_config("gdn_hybrid")
     model = tg.GPT(cfg.model)
