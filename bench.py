@@ -193,6 +193,20 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
                         peak_tflops, profile_path, train_files)
 
 
+def cuda_median_ms(fn, reps: int, warmup: int) -> float:
+    """Median CUDA-event time of fn over reps calls after warmup calls: the timer of the component scripts
+    (scripts/short_conv_bench.py, fused_mlp_bench.py, relu2_mm_explore.py)."""
+    for _ in range(warmup):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
 def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
              peak_tflops: float, profile_path: str, train_files: str) -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)

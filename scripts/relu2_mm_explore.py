@@ -4,11 +4,19 @@ the backward's aux tile loaded before or after the K loop) against cuBLAS alone 
 + cross-entropy kernels (loss and d logits in one read and one write of bf16 logits), which were measured and not
 kept.   python scripts/relu2_mm_explore.py"""
 import itertools
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import cuda_median_ms  # noqa: E402
+
+
+def time_ms(fn, reps: int = 30) -> float:
+    return cuda_median_ms(fn, reps, warmup=3)
 
 
 @triton.jit
@@ -100,7 +108,7 @@ def softcap_ce_rows(z, targets, loss, N, V, cap, ROWS: tl.constexpr, BV: tl.cons
     tl.store(ptr, g.to(z.dtype.element_ty), mask=m_r[:, None] & m_c[None, :])
 
 
-def explore_ce(time_ms) -> None:
+def explore_ce() -> None:
     N, V = 98304, 8192
     z0 = (torch.randn(N, V, device="cuda") * 6).bfloat16()
     t = torch.randint(0, V, (N,), device="cuda")
@@ -122,20 +130,10 @@ def explore_ce(time_ms) -> None:
         report(f"rows={rows} w={w}", lambda: softcap_ce_rows[(triton.cdiv(N, rows),)](z, t, loss, N, V, 30.0, ROWS=rows, BV=V, num_warps=w))
 
 
-def time_ms(fn, reps: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
 def main() -> None:
-    explore_ce(time_ms)
+    explore_ce()
     triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     M, D, Hd = 98304, 512, 1536
     sms = torch.cuda.get_device_properties(0).multi_processor_count

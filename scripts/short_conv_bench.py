@@ -4,7 +4,6 @@ kernels, and optionally another version of train_gpt.py (--compare FILE, e.g. an
 process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py]"""
 import argparse
 import importlib.util
-import statistics
 import sys
 from pathlib import Path
 
@@ -12,19 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
-from bench import set_short_conv_tiles  # noqa: E402
+from bench import cuda_median_ms, set_short_conv_tiles  # noqa: E402
 
 
 def time_ms(fn, reps: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
+    return cuda_median_ms(fn, reps, warmup=5)
 
 
 def main() -> None:
