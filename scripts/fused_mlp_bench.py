@@ -13,7 +13,6 @@ import train_gpt as tg  # noqa: E402
 from bench import cuda_median_ms  # noqa: E402
 
 
-
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
 

@@ -20,7 +20,7 @@ class SMs:  # a few persistent programs, so each walks several tiles
     multi_processor_count = 3
 torch.cuda.get_device_properties = lambda *args, **kwargs: SMs()
 err = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # against float64: torch's own fp32 CPU matmul can be off by 1e-4
-errors, raised = {}, {}
+errors = {}
 torch.manual_seed(0)
 for M, D, hidden in ((300, 64, 192), (129, 32, 264)):
     x, fc, dy, proj = torch.randn(M, D), torch.randn(hidden, D), torch.randn(M, D), torch.randn(D, hidden)
@@ -28,12 +28,11 @@ for M, D, hidden in ((300, 64, 192), (129, 32, 264)):
     x, fc, dy, proj = x.double(), fc.double(), dy.double(), proj.double()
     errors[f"relu2 forward {M}x{D}x{hidden}"] = err(c, torch.relu(x @ fc.T) ** 2)
     errors[f"relu2 backward {M}x{D}x{hidden}"] = err(tg.relu2_mm(dy.float(), proj.float(), c), (dy @ proj) * 2 * c.double().sqrt())
-for name, call in {"MLP width": lambda: tg.relu2_mm(torch.randn(8, 64), torch.randn(100, 64))}.items():
-    try:
-        call()
-        raised[name] = ""
-    except ValueError as exc:
-        raised[name] = str(exc)
+try:  # an MLP width that TMA cannot load
+    tg.relu2_mm(torch.randn(8, 64), torch.randn(100, 64))
+    raised = ""
+except ValueError as exc:
+    raised = str(exc)
 print(json.dumps(dict(errors=errors, raised=raised)))
 '''
 
@@ -46,7 +45,7 @@ def test_relu2_mm_matches_torch_in_triton_interpreter():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["errors"]) == 4
     assert not {k: v for k, v in out["errors"].items() if not v < 1e-5}, out["errors"]
-    assert "model.fused_mlp=false" in out["raised"]["MLP width"]
+    assert "model.fused_mlp=false" in out["raised"]
 
 
 # Every kernel launch of a training step, recorded from its launcher (not run), then compiled for sm_90 and checked by ptxas
@@ -113,10 +112,9 @@ def test_every_triton_kernel_compiles_for_an_h100():
     proc = subprocess.run([sys.executable, "-c", LAUNCHES], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    kernels = [(r["kernel"], r["constexprs"].get("BACKWARD")) for r in report]
-    assert sorted(set(kernels), key=str) == sorted({("relu2_mm_kernel", False), ("relu2_mm_kernel", True),
-                                                    ("short_conv_kernel", False), ("short_conv_kernel", True),
-                                                    ("short_conv_dx_kernel", None)}, key=str), (triton.__version__, kernels)
+    kernels = {(r["kernel"], r["constexprs"].get("BACKWARD")) for r in report}
+    assert kernels == {("relu2_mm_kernel", False), ("relu2_mm_kernel", True), ("short_conv_kernel", False),
+                       ("short_conv_kernel", True), ("short_conv_dx_kernel", None)}, (triton.__version__, kernels)
     for r in report:
         assert r["ptxas_rc"] == 0 and r["shared"] <= 227 * 1024, r
         spilled = sum(int(s.split("bytes spill stores")[0].split(",")[-1]) for s in r["spills"])
