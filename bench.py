@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import bisect
+import gzip
 import json
 import os
+import shutil
 import statistics
 import time
 import types
@@ -97,6 +100,10 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
+# The variant muon_ns=launched: Muon's Newton-Schulz compiled without CUDA graphs (its kernels launched one by one, as
+# before the trainer captured them); muon_ns=eager: not compiled at all.
+MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager": lambda: tg.newton_schulz}
+
 
 def set_short_conv_tiles(setting) -> None:
     """train_gpt.ShortConv's tile setting (ROWS, DX_ROWS, DX_TILES, DX_WARPS), as scripts/short_conv_bench.py prints it."""
@@ -146,12 +153,62 @@ def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
         by_category[cat] = by_category.get(cat, 0.0) + e.self_device_time_total / 1000 / steps
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    trace_path = path.removesuffix(".txt") + ".trace.json"
+    prof.export_chrome_trace(trace_path)
+    with open(trace_path) as f:
+        phases = gpu_time_by_phase(json.load(f)["traceEvents"])
+    with open(trace_path, "rb") as f_in, gzip.open(trace_path + ".gz", "wb") as f_out:
+        shutil.copyfileobj(f_in, f_out)  # for chrome://tracing or Perfetto; the plain JSON is ~10x larger
+    os.remove(trace_path)
     with open(path, "w") as f:
         f.write(f"device time per step by kernel category (ms), {steps} profiled steps:\n")
         for cat, ms in sorted(by_category.items(), key=lambda kv: -kv[1]):
             f.write(f"  {cat:40s} {ms:8.2f}\n")
         f.write(f"  {'total':40s} {sum(by_category.values()):8.2f}\n\n")
-        f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
+        f.write(f"GPU time per step by the host phase that launched it (ms), {steps} profiled steps; idle is the time\n"
+                f"the GPU waited, before a kernel, for that phase to launch it (the profiler's own host overhead\n"
+                f"inflates idle; compare with the unprofiled step time less the kernel total above):\n")
+        f.write(f"  {'phase':60s} {'kernels':>8s} {'busy':>8s} {'idle':>8s}\n")
+        for name, p in sorted(phases.items(), key=lambda kv: -kv[1]["busy_us"] - kv[1]["idle_us"]):
+            f.write(f"  {name[:60]:60s} {p['kernels'] / steps:8.0f} {p['busy_us'] / 1000 / steps:8.2f} "
+                    f"{p['idle_us'] / 1000 / steps:8.2f}\n")
+        f.write("\n" + prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
+
+
+def gpu_time_by_phase(events: list[dict]) -> dict[str, dict]:
+    """Device activity of a Chrome trace (torch.profiler's export) grouped by the outermost host op or annotation
+    that launched it (e.g. the compiled forward, the autograd engine's backward, Optimizer.step#Muon.step).
+    busy_us: time the GPU spent in that phase's kernels, memcpys and memsets, overlaps counted once; idle_us: gaps in
+    which the GPU had nothing to run, each charged to the phase whose launch ended it."""
+    device = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                    key=lambda e: e["ts"])
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    top_level: dict[tuple, list[dict]] = {}  # per host thread, the ops not inside another op, in time order
+    for e in sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")),
+                    key=lambda e: (e["ts"], -e["dur"])):
+        ops = top_level.setdefault((e["pid"], e["tid"]), [])
+        if not ops or e["ts"] >= ops[-1]["ts"] + ops[-1]["dur"]:
+            ops.append(e)
+    starts = {key: [o["ts"] for o in ops] for key, ops in top_level.items()}
+    def phase(kernel: dict) -> str:
+        launch = launches.get(kernel.get("args", {}).get("correlation"))
+        if launch is None:
+            return "(launch not in trace)"
+        key = (launch["pid"], launch["tid"])
+        i = bisect.bisect_right(starts.get(key, []), launch["ts"]) - 1
+        op = top_level[key][i] if i >= 0 else None
+        return op["name"] if op and launch["ts"] <= op["ts"] + op["dur"] else f"(outside host ops) {launch['name']}"
+    phases: dict[str, dict] = {}
+    busy_until = device[0]["ts"] if device else 0.0
+    for kernel in device:
+        start, end = kernel["ts"], kernel["ts"] + kernel["dur"]
+        p = phases.setdefault(phase(kernel), dict(kernels=0, busy_us=0.0, idle_us=0.0))
+        p["kernels"] += 1
+        p["idle_us"] += max(0.0, start - busy_until)
+        p["busy_us"] += max(0.0, end - max(start, busy_until))
+        busy_until = max(busy_until, end)
+    return phases
 
 
 def build_trainer(preset: str, seq_len: int, tokens: int, overrides: list[str], d: tg.Dist,
@@ -187,7 +244,8 @@ def inductor_settings(extra: list[str]) -> dict:
 
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "", train_files: str = "") -> dict:
-    """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V` and `inductor.KEY=VALUE`."""
+    """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V`, `muon_ns=V` and
+    `inductor.KEY=VALUE`."""
     with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
         return run_case(preset, seq_len, tokens, steps, warmup, [o for o in extra if not o.startswith("inductor.")], d,
                         peak_tflops, profile_path, train_files)
@@ -210,8 +268,12 @@ def cuda_median_ms(fn, reps: int, warmup: int) -> float:
 def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
              peak_tflops: float, profile_path: str, train_files: str) -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
-    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith("gdn_core=")], d, train_files)
+    muon_ns = next((o.split("=", 1)[1] for o in extra if o.startswith("muon_ns=")), None)
+    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith(("gdn_core=", "muon_ns="))], d,
+                            train_files)
     cfg = trainer.cfg
+    if muon_ns is not None:
+        trainer.optimizers[0].ns = MUON_NS_VARIANTS[muon_ns]()
     for block in trainer.model.blocks if variant else []:
         if block.kind == "G":
             block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)
@@ -262,7 +324,8 @@ def main() -> None:
                         help="time on these shards' tokens (the trainer's TrainLoader) instead of random tokens")
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
-                             "(see CORE_VARIANTS), inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
+                             "(see CORE_VARIANTS), muon_ns=launched|eager an earlier Newton-Schulz (MUON_NS_VARIANTS), "
+                             "inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar="ROWS,DX_ROWS,DX_TILES,DX_WARPS",
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")

@@ -671,9 +671,8 @@ class GatedDeltaNet(nn.Module):
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
         gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
-        o = rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate
-        y = self.o_proj(o.reshape(B, T, H * Vh).to(x.dtype))
-        return y, ((conv_state, S) if want_state else None)
+        o = (rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate).to(x.dtype)  # cast, then reshape: one pass
+        return self.o_proj(o.reshape(B, T, H * Vh)), ((conv_state, S) if want_state else None)
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
         return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)
@@ -734,8 +733,7 @@ class Attention(nn.Module):
             distance = torch.arange(T, device=x.device)[:, None] - torch.arange(T, device=x.device)
             mask = ((distance >= 0) & (distance < attn_window))[None, None]
         y = F.scaled_dot_product_attention(q_r, k_r, v_all, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        y = self.o_proj(y.transpose(1, 2).reshape(B, T, D))
-        return y, ((k_all, v_all, valid) if want_state else None)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, D)), ((k_all, v_all, valid) if want_state else None)
 
 if triton is not None:
     @triton.jit
@@ -894,7 +892,8 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             params, updates, handles = group["params"], {}, []
             mine, by_shape, m = [p for i, p in enumerate(params) if i % self.d.world == self.d.rank], {}, group["momentum"]
-            bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in mine]
+            bufs = [self.state[p]["momentum_buffer"] if self.state[p] else  # not setdefault: it would zero a new one
+                    self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in mine]
             torch._foreach_mul_(bufs, m)  # multi-tensor kernels: one launch per op for all matrices, not one each
             torch._foreach_add_(bufs, [p.grad for p in mine])
             for p, nesterov in zip(mine, torch._foreach_add([p.grad for p in mine], bufs, alpha=m)):
@@ -917,7 +916,8 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
     assigned = [id(p) for ps in roles.values() for p in ps]
     if len(assigned) != len(set(assigned)) or set(assigned) != {id(p) for p in model.parameters()}:
         raise AssertionError("optimizer groups must cover every parameter exactly once")
-    ns = torch.compile(newton_schulz) if d.device.type == "cuda" and cfg.compile != "off" else None
+    # CUDA graphs: Newton-Schulz is ~30 small kernels per shape, and launching them took longer than running them
+    ns = torch.compile(newton_schulz, mode="reduce-overhead") if d.device.type == "cuda" and cfg.compile != "off" else None
     muon = Muon(roles["matrix"], cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, ns)
     adam = torch.optim.AdamW([dict(params=roles["embed"], lr=cfg.embed_lr), dict(params=roles["scalar"], lr=cfg.scalar_lr)],
                              betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=0.0,

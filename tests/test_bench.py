@@ -59,3 +59,35 @@ def test_bench_times_real_shards_through_the_trainers_loader(synthetic_data, tmp
     proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--train-files",
                            str(tmp_path / "none_*.bin")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and f"no shards match '{tmp_path}/none_*.bin'" in proc.stderr
+
+
+def test_gpu_time_by_phase_charges_idle_gaps_to_the_phase_that_launched_the_next_kernel():
+    import bench
+
+    def op(name, ts, dur, tid=1, cat="cpu_op"):
+        return dict(ph="X", cat=cat, name=name, ts=ts, dur=dur, pid=1, tid=tid)
+
+    def launch(ts, corr, tid=1):
+        return dict(ph="X", cat="cuda_driver", name="cuLaunchKernelEx", ts=ts, dur=1, pid=1, tid=tid, args=dict(correlation=corr))
+
+    def kernel(ts, dur, corr):
+        return dict(ph="X", cat="kernel", name=f"k{corr}", ts=ts, dur=dur, pid=0, tid=7, args=dict(correlation=corr))
+
+    events = [
+        op("forward", 0, 50), op("aten::mm", 10, 5),  # nested: the launch at 11 belongs to the outer op
+        launch(11, 1), kernel(20, 30, 1),
+        launch(40, 2), kernel(45, 20, 2),  # overlaps kernel 1 by 5 us: counted once
+        op("backward", 0, 200, tid=2), launch(100, 3, tid=2), kernel(100, 50, 3),  # GPU idle 65..100 while tid 2 launched
+        op("Optimizer.step#Muon.step", 210, 40, cat="user_annotation"), launch(212, 4), launch(230, 5),
+        kernel(214, 6, 4), kernel(240, 10, 5),
+        launch(300, 6), kernel(305, 5, 6),  # a launch outside every host op
+        kernel(400, 1, 99),  # its launch is missing from the trace
+    ]
+    phases = bench.gpu_time_by_phase(events)
+    assert phases == {
+        "forward": dict(kernels=2, busy_us=45.0, idle_us=0.0),
+        "backward": dict(kernels=1, busy_us=50.0, idle_us=35.0),
+        "Optimizer.step#Muon.step": dict(kernels=2, busy_us=16.0, idle_us=64.0 + 20.0),
+        "(outside host ops) cuLaunchKernelEx": dict(kernels=1, busy_us=5.0, idle_us=55.0),
+        "(launch not in trace)": dict(kernels=1, busy_us=1.0, idle_us=90.0),
+    }

@@ -205,3 +205,29 @@ def test_full_model_compiled_fla_matches_eager_torch(preset, kernel, mode):
     assert abs(loss_fast.item() - loss_ref.item()) < 1e-2 * loss_ref.item()
     for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters()):
         assert rel_err(a.grad, b.grad) < 8e-2, name
+
+
+def test_muon_with_cuda_graph_newton_schulz_matches_eager():
+    """The trainer's Muon on CUDA (Newton-Schulz compiled and replayed as CUDA graphs, one per shape group) against
+    Muon with the eager iteration, on the default model's matrices over steps whose gradients change. A graph that
+    kept a stale input, or an output overwritten before it was applied, would change the update itself, not its
+    rounding."""
+    d = tg.Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda"))
+    cfg = tg.TrainConfig()
+    torch.manual_seed(0)
+    model = tg.GPT(tg.ModelConfig()).cuda()
+    reference = copy.deepcopy(model)
+    graphed = tg.build_optimizers(model, cfg, d)[0]
+    matrices = [p for n, p in reference.named_parameters() if tg.param_role(n) == "matrix"]
+    eager = tg.Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, tg.newton_schulz)
+    assert [p.shape for p in graphed.param_groups[0]["params"]] == [p.shape for p in matrices]
+    start = [p.detach().clone() for p in matrices]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for _ in range(4):
+        for a, b in zip(graphed.param_groups[0]["params"], matrices):
+            a.grad = torch.randn(a.shape, device="cuda", generator=gen)
+            b.grad = a.grad.clone()
+        graphed.step()
+        eager.step()
+    for a, b, p0 in zip(graphed.param_groups[0]["params"], matrices, start):
+        assert rel_err(a.detach() - p0, b.detach() - p0) < 2e-2
