@@ -269,6 +269,9 @@ def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, ex
              peak_tflops: float, profile_path: str, train_files: str) -> dict:
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
     muon_ns = next((o.split("=", 1)[1] for o in extra if o.startswith("muon_ns=")), None)
+    for key, value, known in (("gdn_core", variant, CORE_VARIANTS), ("muon_ns", muon_ns, MUON_NS_VARIANTS)):
+        if value is not None and value not in known:
+            raise ValueError(f"variant {key}={value}: expected {key}= one of {sorted(known)}")
     trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith(("gdn_core=", "muon_ns="))], d,
                             train_files)
     cfg = trainer.cfg

@@ -6,6 +6,9 @@
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   ablations        bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid with and without the short conv
 #                    (model.conv_size=0) and the output gate (model.gdn_output_gate=false), then attention
+#   table            bench.py: gdn_hybrid, gdn_hybrid_lean and attention at 2048, 4096 and 8192 in one process (issue 7's table)
+#   norm             the GDN output norm alone in its formulations (scripts/gdn_out_norm_bench.py), then a lean profile at
+#                    8192: the output norm should be one inductor kernel per layer (docs/perf.md runs BC-BE)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
@@ -52,6 +55,12 @@ for step in "$@"; do
         python3 bench.py --presets attention --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_attention_$seq.json \
           2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
       done ;;
+    table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens 2048 4096 8192 --steps 15 --warmup 3 \
+             --out $OUT/bench_table.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+    norm) python3 scripts/gdn_out_norm_bench.py 2>&1 | grep --line-buffered -E "^(gdn_out_norm| )|Error"
+          python3 bench.py --presets gdn_hybrid_lean --seq-lens 8192 --steps 15 --warmup 3 --profile-dir $OUT 2>&1 \
+            | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
+          grep -hE "rms_norm" $OUT/profile_gdn_hybrid_lean_8192.txt | cut -c1-160 ;;
     warmup) n=0  # fresh cache directories: cold starts (carry no .corpus, or the shard build competes for the CPU)
             for run in gdn_hybrid:/tmp/warmup_hybrid gdn_hybrid:/tmp/warmup_hybrid attention:/tmp/warmup_attention; do
               n=$((n + 1))

@@ -46,6 +46,14 @@ def test_bench_inductor_settings_parse_and_reject_unknown_keys():
     assert "'inductor.no_such_setting=1': expected inductor.KEY=VALUE with KEY a torch._inductor.config setting" in proc.stderr
 
 
+def test_bench_rejects_an_unknown_code_path_variant():
+    for token, expected in (("muon_ns=graphs", "variant muon_ns=graphs: expected muon_ns= one of ['eager', 'launched']"),
+                            ("gdn_core=fla", "variant gdn_core=fla: expected gdn_core= one of ['fla_function', 'graph_break']")):
+        proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants", token],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
+
+
 def test_bench_times_real_shards_through_the_trainers_loader(synthetic_data, tmp_path):
     pattern = f"{synthetic_data['dir']}/synthetic_train_*.bin"
     out = tmp_path / "bench.json"
