@@ -671,7 +671,7 @@ class GatedDeltaNet(nn.Module):
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
         gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
-        o = (rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate).to(x.dtype)  # cast, then reshape: one pass
+        o = (rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate).to(x.dtype)
         return self.o_proj(o.reshape(B, T, H * Vh)), ((conv_state, S) if want_state else None)
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)

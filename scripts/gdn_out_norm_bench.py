@@ -1,8 +1,8 @@
 """The GDN output tail alone (per-head RMSNorm of the core's output, times the norm weight, then o_proj), forward +
 backward at the trainer's shape, compiled as in the trainer, in several formulations: the trainer's (cast to bf16,
-then reshape to [tokens, H * V]), the order before docs/perf.md run BD (reshape, then cast: inductor left the norm's
-reduction and its pointwise output in two kernels in the model) and a hand-written rsqrt. The kernels inductor makes
-of each (names and device time from torch.profiler, and the generated code under --code-dir) and
+then reshape to [tokens, H * V]), the order before docs/perf.md run BD (reshape, then cast; in that run's whole model
+inductor left the norm's reduction and its pointwise output in two kernels) and a hand-written rsqrt. The kernels
+inductor makes of each (names and device time from torch.profiler, and the generated code under --code-dir) and
 their median CUDA-event time. Inputs are random at a trained model's scale (never zeros).
     python scripts/gdn_out_norm_bench.py [--tokens 98304] [--heads 8] [--head-dim 64] [--code-dir DIR]"""
 import argparse

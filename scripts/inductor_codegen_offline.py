@@ -1,0 +1,227 @@
+"""Inductor's Triton kernels for a graph, generated on a machine without a GPU, to see fusion decisions offline.
+
+Inductor is driven with fake CUDA tensors. H100 (sm_90) device properties are patched in, and the generated module is
+captured before Triton compiles it. Nothing runs, so this shows which ops inductor fuses into which kernels, not their
+speed. Two differences from a GPU: the pattern-matcher passes are off (their setup builds real CUDA tensors), and a
+training graph is partitioned on CPU (the autograd engine needs a real CUDA device), then retraced on fake CUDA
+tensors.
+
+Cases (docs/perf.md run BD: in the whole compiled lean model, the GDN output norm ran as two kernels, one storing only
+rstd and one recomputing the normalised output):
+  tail         the output norm + o_proj alone, training-forward shaped (rstd and the o_proj input are outputs), with
+               the cast before the reshape (the trainer now) and after it (the trainer before run BD)
+  mixer        train_gpt's lean GatedDeltaNet with the real gdn_core_fwd op, inference graph
+  mixer_train  the same mixer's training forward (min-cut partitioned on CPU)
+
+    python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train] [--train-gpt DIR] [--tokens 98304]
+For each case it prints one line per kernel: its name, whether it computes an rsqrt, and its number of stores.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+H100 = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132,
+                             total_memory=80 * 2**30, regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                             warp_size=32, max_threads_per_block=1024, shared_memory_per_block_optin=232448,
+                             L2_cache_size=50 * 2**20, gcnArchName="")
+
+
+class Captured(Exception):
+    """Raised in place of loading the generated module: the source is all this script wants."""
+
+
+def pretend_cuda() -> list[str]:
+    """Patch torch so that inductor generates Triton code for an H100 without a GPU; returns the list the generated
+    modules' sources are appended to."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.fx_passes.joint_graph as joint_graph
+    import torch._inductor.graph as graph
+    import torch.utils._triton as torch_triton
+    from torch._dynamo import device_interface
+    from triton.backends.compiler import GPUTarget
+    inductor_config.pattern_matcher = False
+    joint_graph.lazy_init = lambda *a, **k: None
+    fakes = dict(get_device_properties=lambda *a, **k: H100, get_device_capability=lambda *a, **k: (9, 0),
+                 is_available=lambda: True, device_count=lambda: 1, current_device=lambda: 0, set_device=lambda *a: None,
+                 synchronize=lambda *a: None, get_rng_state=lambda *a, **k: torch.zeros(16, dtype=torch.uint8),
+                 set_rng_state=lambda *a, **k: None, _exchange_device=lambda i: 0, _maybe_exchange_device=lambda i: 0)
+    for name, fn in fakes.items():
+        setattr(torch.cuda, name, fn)
+    cuda = device_interface.CudaInterface
+    for name, fn in dict(get_device_properties=lambda *a, **k: H100, current_device=lambda: 0, device_count=lambda: 1,
+                         set_device=lambda *a: None, exchange_device=lambda i: 0, maybe_exchange_device=lambda i: 0,
+                         synchronize=lambda *a: None, is_bf16_supported=lambda *a, **k: True, is_available=lambda: True,
+                         get_compute_capability=lambda *a, **k: 90).items():
+        setattr(cuda, name, staticmethod(fn))
+    cuda.Worker.get_device_properties = staticmethod(lambda *a, **k: H100)
+    cuda.Worker.current_device = staticmethod(lambda: 0)
+    torch_triton.triton_backend = lambda: __import__("triton").backends.backends["nvidia"].compiler(GPUTarget("cuda", 90, 32))
+    torch_triton.triton_hash_with_backend = lambda: "offline"
+    sources: list[str] = []
+
+    def capture(self):
+        code = self.codegen()
+        code = code[0] if isinstance(code, tuple) else code
+        sources.append(getattr(code, "value", code))
+        raise Captured()
+    graph.GraphLowering.compile_to_module = capture
+    return sources
+
+
+def kernels(source: str) -> list[str]:
+    """One line per Triton kernel of a generated module: name, rsqrt or not, number of stores."""
+    lines = []
+    for name, body in re.findall(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)'''", source, re.S | re.M):
+        lines.append(f"{name} rsqrt:{'rsqrt' in body} stores:{body.count('tl.store(')}")
+    return lines
+
+
+def generate(gm, inputs, mode, sources: list[str], partitioned: bool = False) -> list[str]:
+    """Kernels of gm: compile_fx (decompositions, AOT) for a traced graph, compile_fx_inner for a partitioned one."""
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    sources.clear()
+    try:
+        with mode:
+            (compile_fx_inner if partitioned else compile_fx)(gm, inputs)
+    except Exception as e:  # inductor wraps Captured in its own error
+        if "Captured" not in f"{type(e).__name__} {e}":
+            raise
+    if not sources:
+        raise RuntimeError("inductor generated no module")
+    return kernels(sources[-1])
+
+
+def tail_case(mode, sources, tokens: int) -> dict[str, list[str]]:
+    from torch.fx.experimental.proxy_tensor import make_fx
+    H, V, D = 8, 64, 512
+
+    def tail(cast_first: bool):
+        def f(o, w, proj):
+            r = torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + 1e-5)
+            n = o.float() * r * w
+            x = n.to(torch.bfloat16).reshape(tokens, H * V) if cast_first else n.reshape(tokens, H * V).to(torch.bfloat16)
+            return F.linear(x, proj.to(torch.bfloat16)), r, x
+        return f
+    with mode:
+        inputs = [torch.empty(tokens, H, V, device="cuda", dtype=torch.bfloat16), torch.empty(V, device="cuda"),
+                  torch.empty(D, H * V, device="cuda")]
+    out = {}
+    for label, cast_first in (("cast_then_reshape", True), ("reshape_then_cast", False)):
+        with mode:
+            gm = make_fx(tail(cast_first), tracing_mode="fake")(*inputs)
+        out[label] = generate(gm, inputs, mode, sources)
+    return out
+
+
+def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[str]]:
+    import train_gpt as tg
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+    cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none", f"model.layout={layout}"])
+    model = tg.GPT(cfg.model)
+    model.set_kernel("fla")
+    names = [n for n, _ in model.named_parameters()]
+
+    def forward(tokens_in, *params):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return (torch.func.functional_call(model, dict(zip(names, params)), (tokens_in, tokens_in)),)
+    captured = {}
+
+    def keep_forward(gm, example_inputs):
+        captured["forward"] = gm
+        raise Captured()
+    cpu_inputs = [torch.randint(0, cfg.model.vocab_size, (tokens // 8192, 8192))] + [
+        p.detach().clone().requires_grad_() for p in model.parameters()]
+    traced = make_fx(forward, tracing_mode="fake")(*cpu_inputs)
+    try:
+        aot_module_simplified(traced, cpu_inputs, fw_compiler=keep_forward, bw_compiler=lambda gm, ex: gm,
+                              partition_fn=min_cut_rematerialization_partition,
+                              decompositions=select_decomp_table())(*cpu_inputs)
+    except Captured:
+        pass
+    placeholders = [n.meta["val"] for n in captured["forward"].graph.nodes if n.op == "placeholder"]
+    with mode:
+        inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
+        gm = make_fx(captured["forward"], tracing_mode="fake")(*inputs)
+    return {f"model_train_{layout}": generate(gm, inputs, mode, sources, partitioned=True)}
+
+
+def mixer_cases(mode, sources, tokens: int, train: bool) -> dict[str, list[str]]:
+    import train_gpt as tg
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+    cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none"])
+    mixer = tg.GatedDeltaNet(cfg.model)
+    mixer.kernel = "fla"
+    names = [n for n, _ in mixer.named_parameters()]
+    seqs = max(1, tokens // 8192)
+
+    def forward(x, *params):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return (torch.func.functional_call(mixer, dict(zip(names, params)), (x,))[0],)
+    if not train:
+        with mode:
+            inputs = [torch.empty(seqs, 8192, cfg.model.model_dim, device="cuda", dtype=torch.bfloat16)] + [
+                torch.empty(p.shape, device="cuda") for p in mixer.parameters()]
+            gm = make_fx(forward, tracing_mode="fake")(*inputs)
+        return {"mixer": generate(gm, inputs, mode, sources)}
+    captured = {}
+
+    def keep_forward(gm, example_inputs):
+        captured["forward"] = gm
+        raise Captured()
+    cpu_inputs = [torch.randn(seqs, 8192, cfg.model.model_dim, dtype=torch.bfloat16, requires_grad=True)] + [
+        p.detach().clone().requires_grad_() for p in mixer.parameters()]
+    traced = make_fx(forward, tracing_mode="fake")(*cpu_inputs)
+    try:
+        aot_module_simplified(traced, cpu_inputs, fw_compiler=keep_forward, bw_compiler=lambda gm, ex: gm,
+                              partition_fn=min_cut_rematerialization_partition,
+                              decompositions=select_decomp_table())(*cpu_inputs)
+    except Captured:
+        pass
+    placeholders = [n.meta["val"] for n in captured["forward"].graph.nodes if n.op == "placeholder"]
+    with mode:
+        inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
+        gm = make_fx(captured["forward"], tracing_mode="fake")(*inputs)
+    return {"mixer_train": generate(gm, inputs, mode, sources, partitioned=True)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
+                        choices=["tail", "mixer", "mixer_train", "model_train"])
+    parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
+    parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
+                        help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")
+    parser.add_argument("--tokens", type=int, default=98304)
+    args = parser.parse_args()
+    if args.tokens % 8192:
+        parser.error(f"--tokens {args.tokens}: expected a multiple of 8192 (sequences of 8192 tokens)")
+    sys.path.insert(0, args.train_gpt)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    sources = pretend_cuda()
+    mode = FakeTensorMode()
+    results = {}
+    for case in args.case:
+        results.update(tail_case(mode, sources, args.tokens) if case == "tail" else
+                       model_train_case(mode, sources, args.tokens, args.layout) if case == "model_train" else
+                       mixer_cases(mode, sources, args.tokens, train=case == "mixer_train"))
+    for label, lines in results.items():
+        print(f"codegen case:{label} kernels:{len(lines)}")
+        for line in lines:
+            print(f"    {line}")
+
+
+if __name__ == "__main__":
+    main()
