@@ -120,27 +120,18 @@ def tail_case(mode, sources, tokens: int) -> dict[str, list[str]]:
     return out
 
 
-def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[str]]:
-    import train_gpt as tg
+def training_forward_kernels(forward, cpu_inputs: list, mode, sources: list[str]) -> list[str]:
+    """Kernels of forward's training-forward graph: traced and min-cut partitioned on CPU (the autograd engine needs a
+    real device), then retraced on fake CUDA tensors of the same shapes and generated for the H100."""
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
-    cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none", f"model.layout={layout}"])
-    model = tg.GPT(cfg.model)
-    model.set_kernel("fla")
-    names = [n for n, _ in model.named_parameters()]
-
-    def forward(tokens_in, *params):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return (torch.func.functional_call(model, dict(zip(names, params)), (tokens_in, tokens_in)),)
     captured = {}
 
     def keep_forward(gm, example_inputs):
         captured["forward"] = gm
         raise Captured()
-    cpu_inputs = [torch.randint(0, cfg.model.vocab_size, (tokens // 8192, 8192))] + [
-        p.detach().clone().requires_grad_() for p in model.parameters()]
     traced = make_fx(forward, tracing_mode="fake")(*cpu_inputs)
     try:
         aot_module_simplified(traced, cpu_inputs, fw_compiler=keep_forward, bw_compiler=lambda gm, ex: gm,
@@ -152,14 +143,26 @@ def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[
     with mode:
         inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
         gm = make_fx(captured["forward"], tracing_mode="fake")(*inputs)
-    return {f"model_train_{layout}": generate(gm, inputs, mode, sources, partitioned=True)}
+    return generate(gm, inputs, mode, sources, partitioned=True)
+
+
+def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[str]]:
+    import train_gpt as tg
+    cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none", f"model.layout={layout}"])
+    model = tg.GPT(cfg.model)
+    model.set_kernel("fla")
+    names = [n for n, _ in model.named_parameters()]
+
+    def forward(tokens_in, *params):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return (torch.func.functional_call(model, dict(zip(names, params)), (tokens_in, tokens_in)),)
+    cpu_inputs = [torch.randint(0, cfg.model.vocab_size, (tokens // 8192, 8192))] + [
+        p.detach().clone().requires_grad_() for p in model.parameters()]
+    return {f"model_train_{layout}": training_forward_kernels(forward, cpu_inputs, mode, sources)}
 
 
 def mixer_cases(mode, sources, tokens: int, train: bool) -> dict[str, list[str]]:
     import train_gpt as tg
-    from torch._functorch.aot_autograd import aot_module_simplified
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-    from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
     cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none"])
     mixer = tg.GatedDeltaNet(cfg.model)
@@ -176,25 +179,9 @@ def mixer_cases(mode, sources, tokens: int, train: bool) -> dict[str, list[str]]
                 torch.empty(p.shape, device="cuda") for p in mixer.parameters()]
             gm = make_fx(forward, tracing_mode="fake")(*inputs)
         return {"mixer": generate(gm, inputs, mode, sources)}
-    captured = {}
-
-    def keep_forward(gm, example_inputs):
-        captured["forward"] = gm
-        raise Captured()
     cpu_inputs = [torch.randn(seqs, 8192, cfg.model.model_dim, dtype=torch.bfloat16, requires_grad=True)] + [
         p.detach().clone().requires_grad_() for p in mixer.parameters()]
-    traced = make_fx(forward, tracing_mode="fake")(*cpu_inputs)
-    try:
-        aot_module_simplified(traced, cpu_inputs, fw_compiler=keep_forward, bw_compiler=lambda gm, ex: gm,
-                              partition_fn=min_cut_rematerialization_partition,
-                              decompositions=select_decomp_table())(*cpu_inputs)
-    except Captured:
-        pass
-    placeholders = [n.meta["val"] for n in captured["forward"].graph.nodes if n.op == "placeholder"]
-    with mode:
-        inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
-        gm = make_fx(captured["forward"], tracing_mode="fake")(*inputs)
-    return {"mixer_train": generate(gm, inputs, mode, sources, partitioned=True)}
+    return {"mixer_train": training_forward_kernels(forward, cpu_inputs, mode, sources)}
 
 
 def main() -> None:
