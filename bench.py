@@ -312,6 +312,15 @@ def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, ex
                 flops_per_token=flops, mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
 
 
+def add_ratios(rows: list[dict], baseline: str) -> None:
+    """Each row's tok/s over the baseline preset's at the same sequence length and variant (issue 7's targets are such
+    ratios, e.g. gdn_hybrid / attention at 8192), as row["vs_baseline"]; None where the baseline was not run."""
+    base = {(r["seq_len"], r["variant"]): r["tok_per_s"] for r in rows if r["preset"] == baseline}
+    for r in rows:
+        b = base.get((r["seq_len"], r["variant"]))
+        r["vs_baseline"] = None if b is None else r["tok_per_s"] / b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["gdn_hybrid", "gdn_hybrid_lean", "attention", "pure_gdn"])
@@ -321,6 +330,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--out", default="")
+    parser.add_argument("--baseline", default=None, help="the preset each row's tok/s is divided by in the summary's "
+                        "last column (default: attention, where it is among the presets)")
     parser.add_argument("--profile-dir", default="", help="write a torch.profiler table per case here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 2 steps (for CI)")
     parser.add_argument("--train-files", default="", metavar="PATTERN",
@@ -335,6 +346,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
+    if args.baseline is not None and args.baseline not in args.presets:
+        parser.error(f"--baseline {args.baseline}: expected one of the presets run ({' '.join(args.presets)})")
+    baseline = args.baseline or "attention"
     if args.short_conv_tiles:
         values = args.short_conv_tiles.split(",")
         if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
@@ -361,13 +375,16 @@ def main() -> None:
         if d.device.type == "cuda":
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name() if d.device.type == "cuda" else "CPU"
-    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU |  ({device})\n|---|---|---|---|---|---|---|")
+    add_ratios(rows, baseline)
+    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} |  ({device})\n"
+          f"|---|---|---|---|---|---|---|---|")
     for r in rows:
+        ratio = "-" if r["vs_baseline"] is None else f"{r['vs_baseline']:.3f}x"
         print(f"| {r['preset']} | {r['seq_len']} | {r['variant'] or '-'} | {r['tok_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
-              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% |")
+              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(device=device, torch=torch.__version__, rows=rows), f, indent=1)
+            json.dump(dict(device=device, torch=torch.__version__, baseline=baseline, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

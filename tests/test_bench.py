@@ -21,7 +21,29 @@ def test_bench_cpu_smoke_reports_every_case(tmp_path):
     for r in rows:
         assert r["tok_per_s"] > 0 and r["ms_per_step"] > 0 and r["flops_per_token"]["matmul"] > 0
     assert rows[0]["flops_per_token"]["gdn"] > 0 and rows[1]["flops_per_token"]["gdn"] == 0
-    assert "| gdn_hybrid | 64 |" in proc.stdout
+    assert [r["vs_baseline"] for r in rows[1::2]] == [1.0, 1.0]  # attention over itself
+    for hybrid, attention in (rows[0:2], rows[2:4]):
+        assert hybrid["vs_baseline"] == pytest.approx(hybrid["tok_per_s"] / attention["tok_per_s"])
+        assert f"| gdn_hybrid | {hybrid['seq_len']} | - | " in proc.stdout
+        assert f"| {hybrid['vs_baseline']:.3f}x |" in proc.stdout
+    assert "| MFU | vs attention |" in proc.stdout
+
+
+def test_bench_ratios_pair_rows_by_sequence_length_and_variant():
+    import bench
+    rows = [dict(preset=p, seq_len=s, variant=v, tok_per_s=t) for p, s, v, t in (
+        ("gdn_hybrid", 2048, "", 90.0), ("attention", 2048, "", 100.0), ("gdn_hybrid", 8192, "", 150.0),
+        ("attention", 8192, "", 100.0), ("gdn_hybrid", 8192, "model.conv_size=0", 160.0),
+        ("attention", 8192, "model.conv_size=0", 80.0), ("gdn_hybrid", 4096, "", 120.0))]
+    bench.add_ratios(rows, "attention")
+    assert [r["vs_baseline"] for r in rows] == [0.9, 1.0, 1.5, 1.0, 2.0, 1.0, None]  # no attention at 4096
+
+
+def test_bench_rejects_a_baseline_that_is_not_run():
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "gdn_hybrid", "--baseline", "attention"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--baseline attention: expected one of the presets run (gdn_hybrid)" in proc.stderr
 
 
 def test_bench_rejects_a_malformed_short_conv_tile_setting():
