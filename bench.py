@@ -105,9 +105,13 @@ CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_c
 MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager": lambda: tg.newton_schulz}
 
 
+SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
+
+
 def set_short_conv_tiles(setting) -> None:
-    """train_gpt.ShortConv's tile setting (ROWS, DX_ROWS, DX_TILES, DX_WARPS), as scripts/short_conv_bench.py prints it."""
-    tg.ShortConv.ROWS, tg.ShortConv.DX_ROWS, tg.ShortConv.DX_TILES, tg.ShortConv.DX_WARPS = map(int, setting)
+    """train_gpt.ShortConv's tiles and warps (forward, du pass, dx pass), as scripts/short_conv_bench.py prints them."""
+    for name, value in zip(SHORT_CONV_TILES, setting, strict=True):
+        setattr(tg.ShortConv, name, int(value))
 
 
 def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
@@ -341,7 +345,7 @@ def main() -> None:
                              "(see CORE_VARIANTS), muon_ns=launched|eager an earlier Newton-Schulz (MUON_NS_VARIANTS), "
                              "inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
-    parser.add_argument("--short-conv-tiles", default="", metavar="ROWS,DX_ROWS,DX_TILES,DX_WARPS",
+    parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
@@ -351,9 +355,9 @@ def main() -> None:
     baseline = args.baseline or "attention"
     if args.short_conv_tiles:
         values = args.short_conv_tiles.split(",")
-        if len(values) != 4 or not all(v.isdigit() and int(v) > 0 for v in values):
-            parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected four positive integers "
-                         "ROWS,DX_ROWS,DX_TILES,DX_WARPS, e.g. 64,32,8,2")
+        if len(values) != len(SHORT_CONV_TILES) or not all(v.isdigit() and int(v) > 0 for v in values):
+            parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected {len(SHORT_CONV_TILES)} positive "
+                         f"integers {','.join(SHORT_CONV_TILES)}, e.g. 32,1,32,2,32,8,2")
         set_short_conv_tiles(values)
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1

@@ -515,14 +515,15 @@ if triton is not None:
 class ShortConv:
     """Causal conv + SiLU over q|k|v and each q and k head's L2 norm in one pass, into contiguous [B, T, heads, dim] q, k,
     v for FLA; the backward recomputes the pre-activation (a pass to its gradient du, one from du to dx, dw)."""
-    ROWS, DX_ROWS, DX_TILES, DX_WARPS = 64, 32, 8, 2  # tiles measured on an H100: scripts/short_conv_bench.py
+    ROWS, WARPS, DU_ROWS, DU_WARPS, DX_ROWS, DX_TILES, DX_WARPS = 32, 1, 32, 2, 32, 8, 2  # on an H200: scripts/short_conv_bench.py
     @staticmethod
     def conv_pass(x, weight, state, dims, qkv, du=None, k2=None):  # forward, or (given du) backward to du
         (B, T, D), (H, K, V), W, state = x.shape, dims, weight.shape[1], state if weight.shape[1] else None
-        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConv.ROWS), B)](
+        rows, warps = (ShortConv.ROWS, ShortConv.WARPS) if du is None else (ShortConv.DU_ROWS, ShortConv.DU_WARPS)
+        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, rows), B)](
             x, weight if W else x, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du,
             T, x.stride(0), x.stride(1), *(x if du is None else du).stride()[:2], H=H, K=K, V=V, W=W,
-            BT=ShortConv.ROWS, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None)
+            BT=rows, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None, num_warps=warps)
     @staticmethod
     def forward(x, weight, state, dims):
         """x [B, T, q|k|v] (rows may be strided), weight [q|k|v, W], state None or [B, q|k|v, W] -> q, k, v."""
@@ -709,8 +710,7 @@ class Attention(nn.Module):
         angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), self.inv_freq)
         return angles.cos()[None, None], angles.sin()[None, None]
     def forward(self, x, state=None, want_state=False, attn_window=0):
-        B, T, D = x.shape
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        (B, T, D), weight = x.shape, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         q, k, v = F.linear(x, weight).split([D, self.Hkv * self.hd, self.Hkv * self.hd], dim=-1)
         q = rms_norm(q.view(B, T, self.H, self.hd)).transpose(1, 2)
         k = rms_norm(k.view(B, T, self.Hkv, self.hd)).transpose(1, 2)

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
-from bench import cuda_median_ms, set_short_conv_tiles  # noqa: E402
+from bench import SHORT_CONV_TILES, cuda_median_ms, set_short_conv_tiles  # noqa: E402
 
 
 def time_ms(fn, reps: int = 50) -> float:
@@ -43,6 +43,9 @@ def main() -> None:
     def harness(conv):  # the trainer's calls: forward, then backward from the kept input with both dk terms
         return lambda: (conv.forward(x, w, None, (H, K, V)), conv.backward(x, w, None, (H, K, V), grads, dx, False, dk2))
 
+    def backward(conv):  # the backward alone, from the kept input
+        return lambda: conv.backward(x, w, None, (H, K, V), grads, dx, False, dk2)
+
     gb = 2 * B * T * D * 2 / 1e9  # one read of x and one write of q|k|v, bf16
     print(f"short_conv B={B} T={T} D={D}: bytes of one x read + one q|k|v write = {gb:.2f} GB")
     print(f"short_conv fla (conv + copies + l2norm) fwd+bwd: {time_ms(fla_path):.3f} ms")
@@ -50,22 +53,30 @@ def main() -> None:
         spec = importlib.util.spec_from_file_location("compared_train_gpt", args.compare)
         other = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(other)
-        print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms")
-    best, state = (float("inf"), None), torch.randn(B, D, W, device="cuda")
+        print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms, "
+              f"backward only: {time_ms(backward(other.ShortConv)):.3f} ms")
+    names, state = ",".join(SHORT_CONV_TILES).lower(), torch.randn(B, D, W, device="cuda")
+    best = (float("inf"), tuple(getattr(tg.ShortConv, n) for n in SHORT_CONV_TILES))
+    rows_warps = [(rows, warps) for rows in (16, 32, 64, 128) for warps in (1, 2, 4, 8)]
     dx_settings = [(32, 8, 2), (64, 4, 4), (32, 16, 4), (16, 16, 2), (128, 2, 4), (64, 1, 4), (128, 1, 8), (32, 2, 2)]
-    for setting in [(rows, *dx) for rows in (64, 128) for dx in dx_settings]:
-        set_short_conv_tiles(setting)
-        try:  # the backward with a carried state must compile at this setting too
-            tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx, True, dk2)
-            ms = time_ms(harness(tg.ShortConv))
-        except Exception as error:  # noqa: BLE001 (a setting out of the GPU's resources is reported, not fatal)
-            print(f"short_conv rows,dx_rows,dx_tiles,dx_warps={setting}: {type(error).__name__}: {str(error)[:200]}")
-            continue
-        best = min(best, (ms, setting))
-        print(f"short_conv rows,dx_rows,dx_tiles,dx_warps={setting} fwd+bwd: {ms:.3f} ms")
-    print(f"short_conv best rows,dx_rows,dx_tiles,dx_warps: {best[1]}")
+    # one pass at a time (forward, du pass, dx pass), the others at the best setting so far; the default first
+    for part, options in [(slice(0, 0), [()]), (slice(0, 2), rows_warps), (slice(2, 4), rows_warps), (slice(4, 7), dx_settings)]:
+        for option in options:
+            setting = list(best[1])
+            setting[part] = option
+            set_short_conv_tiles(setting)
+            try:  # the backward with a carried state must compile at this setting too
+                tg.ShortConv.backward(x, w, state, (H, K, V), grads, dx, True, dk2)
+                ms = time_ms(harness(tg.ShortConv))
+            except Exception as error:  # noqa: BLE001 (a setting out of the GPU's resources is reported, not fatal)
+                print(f"short_conv {names}={tuple(setting)}: {type(error).__name__}: {str(error)[:200]}")
+                continue
+            best = min(best, (ms, tuple(setting)))
+            print(f"short_conv {names}={tuple(setting)} fwd+bwd: {ms:.3f} ms")
+    print(f"short_conv best {names}: {best[1]}")
     set_short_conv_tiles(best[1])
-    print(f"short_conv forward only: {time_ms(lambda: tg.ShortConv.forward(x, w, None, (H, K, V))):.3f} ms")
+    print(f"short_conv forward only: {time_ms(lambda: tg.ShortConv.forward(x, w, None, (H, K, V))):.3f} ms, "
+          f"backward only: {time_ms(backward(tg.ShortConv)):.3f} ms")
 
 
 if __name__ == "__main__":

@@ -47,10 +47,11 @@ def test_bench_rejects_a_baseline_that_is_not_run():
 
 
 def test_bench_rejects_a_malformed_short_conv_tile_setting():
-    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--short-conv-tiles", "64,32,8"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--short-conv-tiles", "64,32,8,2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "--short-conv-tiles '64,32,8': expected four positive integers" in proc.stderr
+    assert ("--short-conv-tiles '64,32,8,2': expected 7 positive integers ROWS,WARPS,DU_ROWS,DU_WARPS,DX_ROWS,DX_TILES,"
+            "DX_WARPS" in proc.stderr)
 
 
 def test_bench_inductor_settings_parse_and_reject_unknown_keys():
