@@ -1,0 +1,126 @@
+"""A shorter backward through GDN's WY representation, against FLA's `prepare_wy_repr_bwd` (the largest FLA kernel of
+the trainer's step: ~465 us a layer call on an H200, docs/perf.md runs FA-FB).
+
+Inside a chunk, w = A (beta exp2(g) k) and u = A (beta v) with A = (I + L)^-1 and L strictly lower triangular,
+L_ij = beta_i k_i.k_j exp2(g_i - g_j). FLA's kernel gets the gradient of L as -A^T dA A^T with dA = dw (beta exp2(g) k)^T
++ du (beta v)^T: four 64x64x64 products in a chain. With d(beta exp2(g) k) = A^T dw and d(beta v) = A^T du, which
+both kernels compute anyway, the same gradient is -(A^T dw) w^T - (A^T du) u^T: two products, given the forward's w
+and u (the trainer keeps w; u would be kept too, ~100 MB a layer at 98K tokens). Seven products in a chain three deep
+instead of nine five deep, and dk stays in registers instead of a store and reload.
+
+    python scripts/wy_bwd_explore.py            # GPU: parity with FLA's kernel, then both timed interleaved
+The CPU test (tests/test_wy_bwd_explore.py) runs the kernel in Triton's interpreter against torch autograd."""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def wy_bwd_kernel(k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H: tl.constexpr, K: tl.constexpr,
+                  V: tl.constexpr, BT: tl.constexpr):
+    """One chunk of one head: [B, T, H, D] tensors, beta and g (log2 units, cumulative in the chunk) [B, T, H]."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    bos, i_h = (i_bh // H).to(tl.int64) * T, i_bh % H
+    o_t, o_k, o_v, o_c = i_t * BT + tl.arange(0, BT), tl.arange(0, K), tl.arange(0, V), tl.arange(0, BT)
+    m_t = o_t < T
+    p_kk = (bos * H + i_h) * K + o_t[:, None] * (H * K) + o_k[None, :]  # [BT, K] offsets into k, w, dw, dk
+    p_vv = (bos * H + i_h) * V + o_t[:, None] * (H * V) + o_v[None, :]
+    p_t = bos * H + i_h + o_t * H
+    b_k, b_w, b_dw = [tl.load(t + p_kk, mask=m_t[:, None], other=0.0) for t in (k, w, dw)]
+    b_v, b_u, b_du = [tl.load(t + p_vv, mask=m_t[:, None], other=0.0) for t in (v, u, du)]
+    p_At = A + (bos * H + i_h) * BT + o_c[:, None] + o_t[None, :] * (H * BT)
+    b_At = tl.load(p_At, mask=m_t[None, :], other=0.0)  # A transposed: [column, row]
+    b_b = tl.load(beta + p_t, mask=m_t, other=0.0).to(tl.float32)
+    b_g = tl.load(g + p_t, mask=m_t, other=0.0).to(tl.float32)
+    b_bg = b_b * tl.exp2(b_g)
+
+    b_dkbg = tl.dot(b_At, b_dw)  # gradients of beta exp2(g) k and beta v
+    b_dvb = tl.dot(b_At, b_du)
+    b_dL = tl.dot(b_dkbg.to(b_w.dtype), tl.trans(b_w))
+    b_dL = tl.dot(b_dvb.to(b_u.dtype), tl.trans(b_u), b_dL)
+    m_L = (o_t[:, None] > o_t[None, :]) & m_t[:, None]
+    b_dL = tl.where(m_L, -b_dL * tl.exp2(b_g[:, None] - b_g[None, :]), 0).to(b_k.dtype)  # gradient of beta_i k_i.k_j
+
+    b_dkb = tl.dot(b_dL, b_k)
+    b_dk = b_dkbg * b_bg[:, None] + b_dkb * b_b[:, None] + tl.dot(tl.trans(b_dL), (b_k * b_b[:, None]).to(b_k.dtype))
+    b_db = tl.sum(b_dkbg * b_k * tl.exp2(b_g)[:, None], 1) + tl.sum(b_dvb * b_v, 1) + tl.sum(b_dkb * b_k, 1)
+    b_LdL = b_dL * tl.dot(b_k, tl.trans(b_k)) * b_b[:, None]
+    b_dg = tl.sum(b_dkbg * b_k * b_bg[:, None], 1) + tl.sum(b_LdL, 1) - tl.sum(b_LdL, 0)  # per natural-log unit of g
+
+    tl.store(dk + p_kk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dv + p_vv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_t[:, None])
+    tl.store(dbeta + p_t, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+    tl.store(dg + p_t, b_dg.to(dg.dtype.element_ty), mask=m_t)
+
+
+def wy_bwd(k, v, beta, g, A, w, u, dw, du, num_warps: int = 4):
+    """FLA's prepare_wy_repr_bwd(k, v, beta, A, dw, du, g) -> dk, dv, dbeta, dg, from the forward's w and u too."""
+    (B, T, H, K), V, BT = k.shape, v.shape[-1], A.shape[-1]
+    for name, t in dict(k=k, v=v, beta=beta, g=g, A=A, w=w, u=u, dw=dw, du=du).items():
+        if not t.is_contiguous():
+            raise ValueError(f"wy_bwd: {name} must be contiguous")
+    dk, dv, dbeta, dg = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta), torch.empty_like(g)
+    wy_bwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H=H, K=K, V=V,
+                                               BT=BT, num_warps=num_warps)
+    return dk, dv, dbeta, dg
+
+
+def reference(k, v, beta, g, dw, du, BT: int = 64):
+    """fp32 torch: A, w, u from k, v, beta, g (log2 units) and, by autograd through the triangular solve, the
+    gradients of <w, dw> + <u, du> with respect to k, v, beta and g in natural-log units (FLA's dg)."""
+    (B, T, H, K), V = k.shape, v.shape[-1]
+    leaves = [t.detach().float().requires_grad_() for t in (k, v, beta, g * 0.6931471805599453)]
+    kf, vf, bf, gf = leaves
+    N = -(-T // BT)
+    pad = lambda t: torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, N * BT - T]).unflatten(1, (N, BT))  # noqa: E731
+    kc, vc, bc, gc = pad(kf), pad(vf), pad(bf.unsqueeze(-1)).squeeze(-1), pad(gf.unsqueeze(-1)).squeeze(-1)
+    kc, vc, bc, gc = kc.transpose(2, 3), vc.transpose(2, 3), bc.transpose(2, 3), gc.transpose(2, 3)  # [B, N, H, BT, .]
+    L = (bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * (gc.unsqueeze(-1) - gc.unsqueeze(-2)).exp()).tril(-1)
+    I = torch.eye(BT, device=k.device)  # noqa: E741
+    A = torch.linalg.solve_triangular(I + L, I.expand_as(L), upper=False, unitriangular=True)
+    w = A @ (kc * (bc * gc.exp()).unsqueeze(-1))
+    u = A @ (vc * bc.unsqueeze(-1))
+    unchunk = lambda t: t.transpose(2, 3).flatten(1, 2)[:, :T]  # noqa: E731
+    w, u, A = unchunk(w), unchunk(u), unchunk(A)
+    loss = (w * dw.float()).sum() + (u * du.float()).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    return [t.detach() for t in (A, w, u)], grads
+
+
+def gpu_main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import cuda_median_ms
+    from fla_config_sweep import SHAPES, layer_inputs
+    import train_gpt as tg
+    wy_fast = tg.fla_kernels()[5]
+    for B, T in SHAPES:
+        x = layer_inputs(B, T)
+        fla = lambda: wy_fast.prepare_wy_repr_bwd(k=x["k"], v=x["v"], beta=x["beta"], A=x["A"], dw=x["dw"],  # noqa: E731
+                                                  du=x["dv"], g=x["g"])
+        ours = {warps: (lambda warps=warps: wy_bwd(x["k"], x["v"], x["beta"], x["g"], x["A"], x["w"], x["u"], x["dw"],
+                                                   x["dv"], num_warps=warps)) for warps in (2, 4, 8)}
+        _, exact = reference(x["k"], x["v"], x["beta"], x["g"], x["dw"], x["dv"])  # fp32 from the same bf16 inputs
+        for name, fn in [("FLA", fla), *[(f"wy_bwd warps={w}", f) for w, f in ours.items()]]:
+            errs = [((o.float() - r).abs().max() / r.abs().max()).item() for o, r in zip(fn(), exact)]
+            print(f"{B}x{T} {name}: max |out - fp32 reference| / max |reference| for dk dv dbeta dg: "
+                  + " ".join(f"{e:.2e}" for e in errs), flush=True)
+        times = {name: [] for name in ["fla", *ours]}
+        for _ in range(args.rounds):
+            for name, fn in [("fla", fla), *ours.items()]:
+                times[name].append(cuda_median_ms(fn, 30, warmup=5))
+        for name, ms in times.items():
+            print(f"{B}x{T} {'FLA prepare_wy_repr_bwd' if name == 'fla' else f'wy_bwd warps={name}'}: median "
+                  f"{statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    gpu_main()
