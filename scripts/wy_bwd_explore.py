@@ -31,29 +31,31 @@ def wy_bwd_kernel(k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H: tl.co
     p_kk = (bos * H + i_h) * K + o_t[:, None] * (H * K) + o_k[None, :]  # [BT, K] offsets into k, w, dw, dk
     p_vv = (bos * H + i_h) * V + o_t[:, None] * (H * V) + o_v[None, :]
     p_t = bos * H + i_h + o_t * H
-    b_k, b_w, b_dw = [tl.load(t + p_kk, mask=m_t[:, None], other=0.0) for t in (k, w, dw)]
-    b_v, b_u, b_du = [tl.load(t + p_vv, mask=m_t[:, None], other=0.0) for t in (v, u, du)]
-    p_At = A + (bos * H + i_h) * BT + o_c[:, None] + o_t[None, :] * (H * BT)
-    b_At = tl.load(p_At, mask=m_t[None, :], other=0.0)  # A transposed: [column, row]
+    m_row, m_L = m_t[:, None], (o_t[:, None] > o_t[None, :]) & m_t[:, None]
     b_b = tl.load(beta + p_t, mask=m_t, other=0.0).to(tl.float32)
     b_g = tl.load(g + p_t, mask=m_t, other=0.0).to(tl.float32)
-    b_bg = b_b * tl.exp2(b_g)
-
-    b_dkbg = tl.dot(b_At, b_dw)  # gradients of beta exp2(g) k and beta v
-    b_dvb = tl.dot(b_At, b_du)
-    b_dL = tl.dot(b_dkbg.to(b_w.dtype), tl.trans(b_w))
-    b_dL = tl.dot(b_dvb.to(b_u.dtype), tl.trans(b_u), b_dL)
-    m_L = (o_t[:, None] > o_t[None, :]) & m_t[:, None]
+    b_At = tl.load(A + (bos * H + i_h) * BT + o_c[:, None] + o_t[None, :] * (H * BT), mask=m_t[None, :], other=0.0)
+    # Values first (their gradient, dv and their part of dL), so that v, u and du are dead before the keys load.
+    b_dvb = tl.dot(b_At, tl.load(du + p_vv, mask=m_row, other=0.0))  # gradient of beta v; At is A transposed
+    tl.store(dv + p_vv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_row)
+    b_db = tl.sum(b_dvb * tl.load(v + p_vv, mask=m_row, other=0.0), 1)
+    b_u = tl.load(u + p_vv, mask=m_row, other=0.0)
+    b_dL = tl.dot(b_dvb.to(b_u.dtype), tl.trans(b_u))
+    b_dkbg = tl.dot(b_At, tl.load(dw + p_kk, mask=m_row, other=0.0))  # gradient of beta exp2(g) k
+    b_w = tl.load(w + p_kk, mask=m_row, other=0.0)
+    b_dL = tl.dot(b_dkbg.to(b_w.dtype), tl.trans(b_w), b_dL)
+    b_k = tl.load(k + p_kk, mask=m_row, other=0.0)
+    b_eg = tl.exp2(b_g)
+    b_s = tl.sum(b_dkbg * b_k, 1)
+    b_db, b_dg = b_db + b_s * b_eg, b_s * b_b * b_eg  # dg per natural-log unit of g, as FLA's
+    b_dk = b_dkbg * (b_b * b_eg)[:, None]
     b_dL = tl.where(m_L, -b_dL * tl.exp2(b_g[:, None] - b_g[None, :]), 0).to(b_k.dtype)  # gradient of beta_i k_i.k_j
-
     b_dkb = tl.dot(b_dL, b_k)
-    b_dk = b_dkbg * b_bg[:, None] + b_dkb * b_b[:, None] + tl.dot(tl.trans(b_dL), (b_k * b_b[:, None]).to(b_k.dtype))
-    b_db = tl.sum(b_dkbg * b_k * tl.exp2(b_g)[:, None], 1) + tl.sum(b_dvb * b_v, 1) + tl.sum(b_dkb * b_k, 1)
+    b_db += tl.sum(b_dkb * b_k, 1)
+    b_dk = tl.dot(tl.trans(b_dL), (b_k * b_b[:, None]).to(b_k.dtype), b_dk + b_dkb * b_b[:, None])
+    tl.store(dk + p_kk, b_dk.to(dk.dtype.element_ty), mask=m_row)
     b_LdL = b_dL * tl.dot(b_k, tl.trans(b_k)) * b_b[:, None]
-    b_dg = tl.sum(b_dkbg * b_k * b_bg[:, None], 1) + tl.sum(b_LdL, 1) - tl.sum(b_LdL, 0)  # per natural-log unit of g
-
-    tl.store(dk + p_kk, b_dk.to(dk.dtype.element_ty), mask=m_t[:, None])
-    tl.store(dv + p_vv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_t[:, None])
+    b_dg += tl.sum(b_LdL, 1) - tl.sum(b_LdL, 0)
     tl.store(dbeta + p_t, b_db.to(dbeta.dtype.element_ty), mask=m_t)
     tl.store(dg + p_t, b_dg.to(dg.dtype.element_ty), mask=m_t)
 

@@ -35,3 +35,19 @@ def test_wy_bwd_kernel_matches_autograd_in_triton_interpreter():
                           env=dict(os.environ, TRITON_INTERPRET="1"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("\n") == 8  # 2 cases x 4 gradients
+
+
+def test_wy_bwd_kernel_compiles_for_hopper_without_a_gpu():
+    """The interpreter runs any Python; the GPU compiler does not. Compile for sm_90 as the lent H100/H200 would, to a
+    cubin, so a construct Triton cannot lower fails here rather than on a device."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import triton
+    from triton.backends.compiler import GPUTarget
+    import wy_bwd_explore as wy
+    signature = {n: "*bf16" for n in ("k", "v", "A", "w", "u", "dw", "du", "dk", "dv")}
+    signature.update({n: "*fp32" for n in ("beta", "g", "dbeta", "dg")}, T="i32")
+    constants = dict(H=8, K=64, V=64, BT=64)
+    signature.update({n: "constexpr" for n in constants})
+    source = triton.compiler.ASTSource(fn=wy.wy_bwd_kernel, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    assert compiled.asm["cubin"] and "wgmma" in compiled.asm["ptx"]  # Hopper's warpgroup MMA for the 64x64 products
