@@ -60,15 +60,69 @@ def wy_bwd_kernel(k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H: tl.co
     tl.store(dg + p_t, b_dg.to(dg.dtype.element_ty), mask=m_t)
 
 
-def wy_bwd(k, v, beta, g, A, w, u, dw, du, num_warps: int = 4):
-    """FLA's prepare_wy_repr_bwd(k, v, beta, A, dw, du, g) -> dk, dv, dbeta, dg, from the forward's w and u too."""
+@triton.jit
+def wy_bwd_split_kernel(k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H: tl.constexpr, K: tl.constexpr,
+                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """wy_bwd_kernel over K and V in BK- and BV-wide slices, fewer registers live: dk's first part goes to memory and
+    is read back after the gradient of L is complete (as FLA's kernel does)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    bos, i_h = (i_bh // H).to(tl.int64) * T, i_bh % H
+    o_t, o_c = i_t * BT + tl.arange(0, BT), tl.arange(0, BT)
+    m_t, p_t = o_t < T, bos * H + i_h + o_t * H
+    m_row, m_L = m_t[:, None], (o_t[:, None] > o_t[None, :]) & m_t[:, None]
+    b_b = tl.load(beta + p_t, mask=m_t, other=0.0).to(tl.float32)
+    b_g = tl.load(g + p_t, mask=m_t, other=0.0).to(tl.float32)
+    b_eg = tl.exp2(b_g)
+    b_At = tl.load(A + (bos * H + i_h) * BT + o_c[:, None] + o_t[None, :] * (H * BT), mask=m_t[None, :], other=0.0)
+    b_db, b_dg, b_dL = tl.zeros([BT], tl.float32), tl.zeros([BT], tl.float32), tl.zeros([BT, BT], tl.float32)
+    for i_v in range(V // BV):
+        p_vv = (bos * H + i_h) * V + o_t[:, None] * (H * V) + (i_v * BV + tl.arange(0, BV))[None, :]
+        b_dvb = tl.dot(b_At, tl.load(du + p_vv, mask=m_row, other=0.0))
+        tl.store(dv + p_vv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_row)
+        b_db += tl.sum(b_dvb * tl.load(v + p_vv, mask=m_row, other=0.0), 1)
+        b_u = tl.load(u + p_vv, mask=m_row, other=0.0)
+        b_dL = tl.dot(b_dvb.to(b_u.dtype), tl.trans(b_u), b_dL)
+    for i_k in range(K // BK):
+        p_kk = (bos * H + i_h) * K + o_t[:, None] * (H * K) + (i_k * BK + tl.arange(0, BK))[None, :]
+        b_dkbg = tl.dot(b_At, tl.load(dw + p_kk, mask=m_row, other=0.0))
+        b_w = tl.load(w + p_kk, mask=m_row, other=0.0)
+        b_dL = tl.dot(b_dkbg.to(b_w.dtype), tl.trans(b_w), b_dL)
+        b_s = tl.sum(b_dkbg * tl.load(k + p_kk, mask=m_row, other=0.0), 1)
+        b_db, b_dg = b_db + b_s * b_eg, b_dg + b_s * b_b * b_eg
+        tl.store(dk + p_kk, (b_dkbg * (b_b * b_eg)[:, None]).to(dk.dtype.element_ty), mask=m_row)
+    b_dL = tl.where(m_L, -b_dL * tl.exp2(b_g[:, None] - b_g[None, :]), 0).to(b_At.dtype)
+    b_kk = tl.zeros([BT, BT], tl.float32)
+    tl.debug_barrier()  # dk's first part, stored by other threads of this program, is read back below
+    for i_k in range(K // BK):
+        p_kk = (bos * H + i_h) * K + o_t[:, None] * (H * K) + (i_k * BK + tl.arange(0, BK))[None, :]
+        b_k = tl.load(k + p_kk, mask=m_row, other=0.0)
+        b_dkb = tl.dot(b_dL, b_k)
+        b_db += tl.sum(b_dkb * b_k, 1)
+        b_dk = tl.load(dk + p_kk, mask=m_row, other=0.0).to(tl.float32) + b_dkb * b_b[:, None]
+        b_dk = tl.dot(tl.trans(b_dL), (b_k * b_b[:, None]).to(b_k.dtype), b_dk)
+        tl.store(dk + p_kk, b_dk.to(dk.dtype.element_ty), mask=m_row)
+        b_kk = tl.dot(b_k, tl.trans(b_k), b_kk)
+    b_LdL = b_dL * b_kk * b_b[:, None]
+    b_dg += tl.sum(b_LdL, 1) - tl.sum(b_LdL, 0)
+    tl.store(dbeta + p_t, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+    tl.store(dg + p_t, b_dg.to(dg.dtype.element_ty), mask=m_t)
+
+
+def wy_bwd(k, v, beta, g, A, w, u, dw, du, num_warps: int = 4, split: int = 0):
+    """FLA's prepare_wy_repr_bwd(k, v, beta, A, dw, du, g) -> dk, dv, dbeta, dg, from the forward's w and u too.
+    split: K and V in slices of this width (wy_bwd_split_kernel); 0: whole."""
     (B, T, H, K), V, BT = k.shape, v.shape[-1], A.shape[-1]
     for name, t in dict(k=k, v=v, beta=beta, g=g, A=A, w=w, u=u, dw=dw, du=du).items():
         if not t.is_contiguous():
             raise ValueError(f"wy_bwd: {name} must be contiguous")
     dk, dv, dbeta, dg = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta), torch.empty_like(g)
-    wy_bwd_kernel[(triton.cdiv(T, BT), B * H)](k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T, H=H, K=K, V=V,
-                                               BT=BT, num_warps=num_warps)
+    if split and (K % split or V % split):
+        raise ValueError(f"wy_bwd: split={split} must divide K={K} and V={V}")
+    grid, args = (triton.cdiv(T, BT), B * H), (k, v, beta, g, A, w, u, dw, du, dk, dv, dbeta, dg, T)
+    if split:
+        wy_bwd_split_kernel[grid](*args, H=H, K=K, V=V, BT=BT, BK=split, BV=split, num_warps=num_warps)
+    else:
+        wy_bwd_kernel[grid](*args, H=H, K=K, V=V, BT=BT, num_warps=num_warps)
     return dk, dv, dbeta, dg
 
 
@@ -108,10 +162,11 @@ def gpu_main() -> None:
         x = layer_inputs(B, T)
         fla = lambda: wy_fast.prepare_wy_repr_bwd(k=x["k"], v=x["v"], beta=x["beta"], A=x["A"], dw=x["dw"],  # noqa: E731
                                                   du=x["dv"], g=x["g"])
-        ours = {warps: (lambda warps=warps: wy_bwd(x["k"], x["v"], x["beta"], x["g"], x["A"], x["w"], x["u"], x["dw"],
-                                                   x["dv"], num_warps=warps)) for warps in (2, 4, 8)}
+        ours = {(warps, split): (lambda warps=warps, split=split: wy_bwd(
+            x["k"], x["v"], x["beta"], x["g"], x["A"], x["w"], x["u"], x["dw"], x["dv"], num_warps=warps, split=split))
+            for warps, split in [(4, 0), (8, 0), (4, 32), (8, 32), (4, 16), (8, 16)]}
         _, exact = reference(x["k"], x["v"], x["beta"], x["g"], x["dw"], x["dv"])  # fp32 from the same bf16 inputs
-        for name, fn in [("FLA", fla), *[(f"wy_bwd warps={w}", f) for w, f in ours.items()]]:
+        for name, fn in [("FLA", fla), *[(f"wy_bwd warps={w} split={sp}", f) for (w, sp), f in ours.items()]]:
             errs = [((o.float() - r).abs().max() / r.abs().max()).item() for o, r in zip(fn(), exact)]
             print(f"{B}x{T} {name}: max |out - fp32 reference| / max |reference| for dk dv dbeta dg: "
                   + " ".join(f"{e:.2e}" for e in errs), flush=True)
@@ -120,7 +175,8 @@ def gpu_main() -> None:
             for name, fn in [("fla", fla), *ours.items()]:
                 times[name].append(cuda_median_ms(fn, 30, warmup=5))
         for name, ms in times.items():
-            print(f"{B}x{T} {'FLA prepare_wy_repr_bwd' if name == 'fla' else f'wy_bwd warps={name}'}: median "
+            label = "FLA prepare_wy_repr_bwd" if name == "fla" else f"wy_bwd warps={name[0]} split={name[1]}"
+            print(f"{B}x{T} {label}: median "
                   f"{statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})", flush=True)
 
 

@@ -1,6 +1,6 @@
 """scripts/wy_bwd_explore.py's kernel in Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported,
 hence a subprocess) against torch autograd through the chunk's triangular solve: the gradients of <w, dw> + <u, du>
-for k, v, beta and g, with partial last chunks, K != V, and chunk sizes 64 and 16."""
+for k, v, beta and g, with partial last chunks, K != V, chunk sizes 64 and 16, whole and in slices of K and V."""
 import os
 import subprocess
 import sys
@@ -21,12 +21,13 @@ for B, T, H, K, V, BT in [(2, 100, 2, 32, 16, 64), (1, 40, 3, 16, 32, 16)]:
     gate = torch.nn.functional.pad(-torch.rand(B, T, H) * 0.3, (0, 0, 0, N * BT - T))
     g = gate.view(B, N, BT, H).cumsum(2).view(B, N * BT, H)[:, :T].contiguous() / 0.6931471805599453  # log2 units
     (A, w, u), exact = wy.reference(k, v, beta, g, dw, du, BT)
-    outs = wy.wy_bwd(k, v, beta, g, A.contiguous(), w.contiguous(), u.contiguous(), dw, du)
-    for name, out, ref in zip(("dk", "dv", "dbeta", "dg"), outs, exact):
-        assert out.shape == ref.shape, (name, out.shape, ref.shape)
-        err = ((out - ref).abs().max() / ref.abs().max()).item()
-        assert err < 1e-5, (B, T, H, K, V, BT, name, err)
-        print(B, T, H, K, V, BT, name, f"{err:.1e}")
+    for split in (0, 16):  # whole, or K and V in slices of 16 (two or more slices of K or of V in each case)
+        outs = wy.wy_bwd(k, v, beta, g, A.contiguous(), w.contiguous(), u.contiguous(), dw, du, split=split)
+        for name, out, ref in zip(("dk", "dv", "dbeta", "dg"), outs, exact):
+            assert out.shape == ref.shape, (name, out.shape, ref.shape)
+            err = ((out - ref).abs().max() / ref.abs().max()).item()
+            assert err < 1e-5, (B, T, H, K, V, BT, split, name, err)
+            print(B, T, H, K, V, BT, split, name, f"{err:.1e}")
 '''
 
 
@@ -34,7 +35,7 @@ def test_wy_bwd_kernel_matches_autograd_in_triton_interpreter():
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, TRITON_INTERPRET="1"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("\n") == 8  # 2 cases x 4 gradients
+    assert proc.stdout.count("\n") == 16  # 2 cases x 2 kernels x 4 gradients
 
 
 def test_wy_bwd_kernel_compiles_for_hopper_without_a_gpu():
@@ -51,6 +52,9 @@ def test_wy_bwd_kernel_compiles_for_hopper_without_a_gpu():
     source = triton.compiler.ASTSource(fn=wy.wy_bwd_kernel, signature=signature, constexprs=constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
     assert compiled.asm["cubin"] and "wgmma" in compiled.asm["ptx"]  # Hopper's warpgroup MMA for the 64x64 products
+    signature.update(BK="constexpr", BV="constexpr")
+    source = triton.compiler.ASTSource(fn=wy.wy_bwd_split_kernel, signature=signature, constexprs=dict(constants, BK=32, BV=32))
+    assert triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["cubin"]
 
 
 def test_bench_wy_short_variant_ops_are_wired_for_autograd_and_compile():
