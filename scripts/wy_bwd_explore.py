@@ -129,7 +129,7 @@ def wy_bwd(k, v, beta, g, A, w, u, dw, du, num_warps: int = 4, split: int = 0):
 def reference(k, v, beta, g, dw, du, BT: int = 64):
     """fp32 torch: A, w, u from k, v, beta, g (log2 units) and, by autograd through the triangular solve, the
     gradients of <w, dw> + <u, du> with respect to k, v, beta and g in natural-log units (FLA's dg)."""
-    (B, T, H, K), V = k.shape, v.shape[-1]
+    T = k.shape[1]
     leaves = [t.detach().float().requires_grad_() for t in (k, v, beta, g * 0.6931471805599453)]
     kf, vf, bf, gf = leaves
     N = -(-T // BT)
