@@ -103,7 +103,8 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 # The variant gdn_core=wy_short: train_gpt's GDN op with the shorter backward through the WY representation of
 # scripts/wy_bwd_explore.py, whose forward also keeps u (+100 MB a layer at 98K tokens): the full step, to be timed
-# against train_gpt's op in one process before the kernel goes into train_gpt.
+# against train_gpt's op in one process before the kernel goes into train_gpt. Its ops copy train_gpt's pair but for u
+# and the one call; the copies go when the kernel moves into train_gpt or is measured out.
 @functools.cache
 def wy_bwd_kernel_module():
     spec = importlib.util.spec_from_file_location("wy_bwd_explore", Path(__file__).parent / "scripts" / "wy_bwd_explore.py")
