@@ -105,6 +105,9 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 # scripts/wy_bwd_explore.py, whose forward also keeps u (+100 MB a layer at 98K tokens): the full step, to be timed
 # against train_gpt's op in one process before the kernel goes into train_gpt. Its ops copy train_gpt's pair but for u
 # and the one call; the copies go when the kernel moves into train_gpt or is measured out.
+WY_BWD_LAUNCH = {"num_warps": 4, "split": 0}  # wy_bwd's launch for the variant; --wy-bwd-launch sets it
+
+
 @functools.cache
 def wy_bwd_kernel_module():
     spec = importlib.util.spec_from_file_location("wy_bwd_explore", Path(__file__).parent / "scripts" / "wy_bwd_explore.py")
@@ -150,7 +153,7 @@ def core_bwd_wy(do: torch.Tensor, dS: torch.Tensor | None, saved: list[torch.Ten
                                                                scale=scale, chunk_size=C)
     dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale,
                                             chunk_size=C)
-    dk2, dv, dbeta, dg2 = wy_bwd_kernel_module().wy_bwd(k, v, beta, g, A, w, u, dw, dv)
+    dk2, dv, dbeta, dg2 = wy_bwd_kernel_module().wy_bwd(k, v, beta, g, A, w, u, dw, dv, **WY_BWD_LAUNCH)
     da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + H].contiguous(), A_log, dt_bias,
                                              cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
     dP = torch.empty_like(P)
@@ -433,6 +436,9 @@ def main() -> None:
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
+    parser.add_argument("--wy-bwd-launch", default="", metavar="WARPS,SPLIT",
+                        help="launch of gdn_core=wy_short's backward kernel (scripts/wy_bwd_explore.py prints the "
+                             "fastest), e.g. 4,32; default 4,0")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
@@ -445,6 +451,12 @@ def main() -> None:
             parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected {len(SHORT_CONV_TILES)} positive "
                          f"integers {','.join(SHORT_CONV_TILES)}, e.g. 32,1,32,2,32,8,2")
         set_short_conv_tiles(values)
+    if args.wy_bwd_launch:
+        warps, _, split = args.wy_bwd_launch.partition(",")
+        if not (warps in ("1", "2", "4", "8", "16") and split in ("0", "16", "32", "64")):
+            parser.error(f"--wy-bwd-launch {args.wy_bwd_launch!r}: expected WARPS,SPLIT with WARPS one of 1 2 4 8 16 "
+                         "and SPLIT one of 0 (whole) 16 32 64, e.g. 4,32")
+        WY_BWD_LAUNCH.update(num_warps=int(warps), split=int(split))
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

@@ -157,7 +157,7 @@ def gpu_main() -> None:
     from bench import cuda_median_ms
     from fla_config_sweep import SHAPES, layer_inputs
     import train_gpt as tg
-    wy_fast = tg.fla_kernels()[5]
+    wy_fast, summed = tg.fla_kernels()[5], {}
     for B, T in SHAPES:
         x = layer_inputs(B, T)
         fla = lambda: wy_fast.prepare_wy_repr_bwd(k=x["k"], v=x["v"], beta=x["beta"], A=x["A"], dw=x["dw"],  # noqa: E731
@@ -178,6 +178,10 @@ def gpu_main() -> None:
             label = "FLA prepare_wy_repr_bwd" if name == "fla" else f"wy_bwd warps={name[0]} split={name[1]}"
             print(f"{B}x{T} {label}: median "
                   f"{statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})", flush=True)
+        for launch in ours:
+            summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
+    warps, split = min(summed, key=summed.get)  # over both shapes; the line bench.py --wy-bwd-launch takes
+    print(f"best_launch:{warps},{split}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ def test_bench_rejects_a_malformed_short_conv_tile_setting():
             "DX_WARPS" in proc.stderr)
 
 
+def test_bench_rejects_a_malformed_wy_bwd_launch():
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--wy-bwd-launch", "4"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--wy-bwd-launch '4': expected WARPS,SPLIT" in proc.stderr
+
+
 def test_bench_inductor_settings_parse_and_reject_unknown_keys():
     import bench  # conftest puts the repo root on sys.path
     assert bench.inductor_settings(["model.conv_size=0", "inductor.max_autotune_gemm=True",
