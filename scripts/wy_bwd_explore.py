@@ -136,8 +136,12 @@ def reference(k, v, beta, g, dw, du, BT: int = 64):
     pad = lambda t: torch.nn.functional.pad(t, [0, 0] * (t.dim() - 2) + [0, N * BT - T]).unflatten(1, (N, BT))  # noqa: E731
     kc, vc, bc, gc = pad(kf), pad(vf), pad(bf.unsqueeze(-1)).squeeze(-1), pad(gf.unsqueeze(-1)).squeeze(-1)
     kc, vc, bc, gc = kc.transpose(2, 3), vc.transpose(2, 3), bc.transpose(2, 3), gc.transpose(2, 3)  # [B, N, H, BT, .]
-    L = (bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * (gc.unsqueeze(-1) - gc.unsqueeze(-2)).exp()).tril(-1)
     I = torch.eye(BT, device=k.device)  # noqa: E741
+    # The decay exp(g_i - g_j) only below the diagonal: above it the exponent can overflow, and inf * 0 in the backward
+    # of a mask applied afterwards is nan.
+    lower = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
+    decay = torch.where(lower, gc.unsqueeze(-1) - gc.unsqueeze(-2), float("-inf")).exp()
+    L = bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * decay
     A = torch.linalg.solve_triangular(I + L, I.expand_as(L), upper=False, unitriangular=True)
     w = A @ (kc * (bc * gc.exp()).unsqueeze(-1))
     u = A @ (vc * bc.unsqueeze(-1))
