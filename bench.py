@@ -26,16 +26,13 @@ from __future__ import annotations
 import argparse
 import ast
 import bisect
-import functools
 import gzip
-import importlib.util
 import json
 import os
 import shutil
 import statistics
 import time
 import types
-from pathlib import Path
 
 import torch
 import torch._inductor.config as inductor_config
@@ -101,93 +98,7 @@ def fla_function_core(self, P, state, want_state):
 graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 
-# The variant gdn_core=wy_short: train_gpt's GDN op with the shorter backward through the WY representation of
-# scripts/wy_bwd_explore.py, whose forward also keeps u (+100 MB a layer at 98K tokens): the full step, to be timed
-# against train_gpt's op in one process before the kernel goes into train_gpt. Its ops copy train_gpt's pair but for u
-# and the one call; the copies go when the kernel moves into train_gpt or is measured out.
-WY_BWD_LAUNCH = {"num_warps": 4, "split": 0}  # wy_bwd's launch for the variant; --wy-bwd-launch sets it
-
-
-@functools.cache
-def wy_bwd_kernel_module():
-    spec = importlib.util.spec_from_file_location("wy_bwd_explore", Path(__file__).parent / "scripts" / "wy_bwd_explore.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@torch.library.custom_op("gdn_bench::core_fwd_wy", **tg.GDN_OP_ARGS)
-def core_fwd_wy(P: torch.Tensor, conv_weight: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor,
-                conv_state: torch.Tensor | None, S0: torch.Tensor | None, H: int, K: int, V: int, C: int,
-                want_state: bool) -> list[torch.Tensor]:
-    """train_gpt.gdn_core_fwd's outputs, then u."""
-    chunk_delta_h, chunk_o, beta_gate, chunk_fwd, gate, _, _ = tg.fla_kernels()
-    conv_state, S0 = [None if t is None else t.contiguous() for t in (conv_state, S0)]
-    x, a, b = P.split([2 * H * K + H * V, H, H], dim=-1)
-    q, k, v = tg.ShortConv.forward(x, conv_weight, conv_state, (H, K, V))
-    beta = beta_gate.fused_beta_sigmoid_fwd(b.contiguous())
-    g = gate.gdn_gate_chunk_cumsum(a.contiguous(), A_log, C, scale=1.4426950216, dt_bias=dt_bias)
-    w, u, A = chunk_fwd.chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g, beta=beta, chunk_size=C)
-    h, v_new, S = chunk_delta_h.chunk_gated_delta_rule_fwd_h(k=k, w=w, u=u, g=g, initial_state=S0,
-                                                             output_final_state=want_state, chunk_size=C)
-    o = chunk_o.chunk_fwd_o(q=q, k=k, v=v_new, h=h, g=g, scale=K ** -0.5, chunk_size=C)
-    return [o, S if want_state else P.new_empty(0), q, k, v, beta, g, A, w, h, v_new, u]
-
-
-@core_fwd_wy.register_fake
-def _(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state):
-    base = tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state)  # its fake
-    return base + [torch.empty_like(base[4])]
-
-
-@torch.library.custom_op("gdn_bench::core_bwd_wy", **tg.GDN_OP_ARGS)
-def core_bwd_wy(do: torch.Tensor, dS: torch.Tensor | None, saved: list[torch.Tensor], conv_state: torch.Tensor | None,
-                S0: torch.Tensor | None, H: int, K: int, V: int, C: int, want_dstate: bool) -> list[torch.Tensor]:
-    """train_gpt.gdn_core_bwd with wy_bwd_explore.wy_bwd in place of FLA's prepare_wy_repr_bwd."""
-    P, conv_weight, A_log, dt_bias, q, k, v, beta, g, A, w, h, v_new, u = saved
-    chunk_delta_h, chunk_o, beta_gate, _, gate, _, cumsum = tg.fla_kernels()
-    scale, Dc, do = K ** -0.5, 2 * H * K + H * V, do.contiguous()
-    dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
-    dS = dS.contiguous() if dS is not None and dS.numel() else None
-    dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS,
-                                                               scale=scale, chunk_size=C)
-    dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale,
-                                            chunk_size=C)
-    dk2, dv, dbeta, dg2 = wy_bwd_kernel_module().wy_bwd(k, v, beta, g, A, w, u, dw, dv, **WY_BWD_LAUNCH)
-    da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + H].contiguous(), A_log, dt_bias,
-                                             cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
-    dP = torch.empty_like(P)
-    dP[..., Dc:] = torch.cat([da, beta_gate.fused_beta_sigmoid_bwd(P[..., Dc + H:].contiguous(), dbeta)], dim=-1)
-    dconv, dstate = tg.ShortConv.backward(P[..., :Dc], conv_weight, conv_state, (H, K, V), (dq, dk, dv), dP[..., :Dc],
-                                          want_dstate, dk2)
-    return [dP, dconv, dA_log, ddt_bias, P.new_empty(0) if dstate is None else dstate,
-            P.new_empty(0) if dS0 is None else dS0]
-
-
-@core_bwd_wy.register_fake
-def _(do, dS, saved, conv_state, S0, H, K, V, C, want_dstate):
-    return tg.gdn_core_bwd(do, dS, saved[:-1], conv_state, S0, H, K, V, C, want_dstate)  # its fake
-
-
-def core_backward_wy(ctx, grads):
-    (conv_state, S0, *saved), need = ctx.saved_tensors, ctx.needs_input_grad
-    dP, dconv, dA_log, ddt_bias, dstate, dS0 = core_bwd_wy(*grads[:2], saved, conv_state, S0, *ctx.dims, need[4])
-    return dP, dconv, dA_log, ddt_bias, dstate if need[4] else None, dS0 if need[5] else None, *[None] * 5
-
-
-core_fwd_wy.register_autograd(core_backward_wy, setup_context=tg.gdn_core_setup)
-
-
-def wy_short_core(self, P, state, want_state):
-    """train_gpt.GatedDeltaNet.core's FLA branch on the wy_short ops."""
-    (H, K, Vh), (conv_state, S0) = (self.H, self.K, self.Vh), state if state is not None else (None, None)
-    conv_weight = self.conv_weight()
-    o, S = core_fwd_wy(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, self.chunk_size,
-                       want_state)[:2]
-    return o, tg.conv_tail(P[..., :-2 * H], conv_state, conv_weight.shape[1]) if want_state else None, S
-
-
-CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core, "wy_short": wy_short_core}
+CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
 # The variant muon_ns=launched: Muon's Newton-Schulz compiled without CUDA graphs (its kernels launched one by one, as
 # before the trainer captured them); muon_ns=eager: not compiled at all.
@@ -436,9 +347,6 @@ def main() -> None:
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
-    parser.add_argument("--wy-bwd-launch", default="", metavar="WARPS,SPLIT",
-                        help="launch of gdn_core=wy_short's backward kernel (scripts/wy_bwd_explore.py prints the "
-                             "fastest), e.g. 4,32; default 4,0")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
@@ -451,12 +359,6 @@ def main() -> None:
             parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected {len(SHORT_CONV_TILES)} positive "
                          f"integers {','.join(SHORT_CONV_TILES)}, e.g. 32,1,32,2,32,8,2")
         set_short_conv_tiles(values)
-    if args.wy_bwd_launch:
-        warps, _, split = args.wy_bwd_launch.partition(",")
-        if not (warps in ("1", "2", "4", "8", "16") and split in ("0", "16", "32", "64")):
-            parser.error(f"--wy-bwd-launch {args.wy_bwd_launch!r}: expected WARPS,SPLIT with WARPS one of 1 2 4 8 16 "
-                         "and SPLIT one of 0 (whole) 16 32 64, e.g. 4,32")
-        WY_BWD_LAUNCH.update(num_warps=int(warps), split=int(split))
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra

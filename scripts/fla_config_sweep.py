@@ -17,7 +17,7 @@ from triton.runtime.autotuner import Autotuner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
-from bench import core_fwd_wy, cuda_median_ms  # noqa: E402
+from bench import cuda_median_ms  # noqa: E402
 
 H, K, V, C = 8, 64, 64, 64
 SHAPES = ((12, 8192), (48, 2048))  # batch x length: the bench's 98,304 tokens per step
@@ -37,21 +37,22 @@ def space(meta: dict, warps=(2, 4, 8), stages=(1, 2, 3, 4)) -> list[triton.Confi
 
 
 def layer_inputs(B: int, T: int) -> dict:
-    """One GDN layer's forward through the trainer's op (bench.py's copy that also returns u), then the backward's
-    intermediates as the trainer makes them."""
+    """One GDN layer's forward through the trainer's op, then the backward's intermediates as the trainer makes them
+    (and u, which the trainer's forward does not keep, from FLA's recompute_w_u on the forward's A)."""
     chunk_delta_h, chunk_o, _, _, _, _, _ = tg.fla_kernels()
     torch.manual_seed(0)
     P = torch.randn(B, T, 2 * H * K + H * V + 2 * H, device="cuda", dtype=torch.bfloat16)
     conv_weight = torch.randn(2 * H * K + H * V, 4, device="cuda") * 0.5
     A_log, dt_bias = torch.rand(H, device="cuda").mul(15).add(1).log(), torch.full((H,), -3.0, device="cuda")
-    _, _, q, k, v, beta, g, A, w, h, v_new, u = core_fwd_wy(P, conv_weight, A_log, dt_bias, None, None, H, K, V, C,
-                                                            False)
+    _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, None, None, H, K, V, C,
+                                                             False)
     do, scale = torch.randn_like(v) * 0.1, K ** -0.5
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dh, _, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=None, dht=None,
                                                              scale=scale, chunk_size=C)
     _, _, dw, _ = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale,
                                           chunk_size=C)
+    u = tg.fla_kernels()[5].recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g)[1]
     return dict(q=q, k=k, v=v, beta=beta, g=g, A=A, w=w, u=u, h=h, v_new=v_new, do=do, dv=dv, dh=dh, dw=dw,
                 scale=scale)
 

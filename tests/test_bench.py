@@ -54,13 +54,6 @@ def test_bench_rejects_a_malformed_short_conv_tile_setting():
             "DX_WARPS" in proc.stderr)
 
 
-def test_bench_rejects_a_malformed_wy_bwd_launch():
-    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--wy-bwd-launch", "4"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "--wy-bwd-launch '4': expected WARPS,SPLIT" in proc.stderr
-
-
 def test_bench_inductor_settings_parse_and_reject_unknown_keys():
     import bench  # conftest puts the repo root on sys.path
     assert bench.inductor_settings(["model.conv_size=0", "inductor.max_autotune_gemm=True",
@@ -78,7 +71,7 @@ def test_bench_inductor_settings_parse_and_reject_unknown_keys():
 
 def test_bench_rejects_an_unknown_code_path_variant():
     for token, expected in (("muon_ns=graphs", "variant muon_ns=graphs: expected muon_ns= one of ['eager', 'launched']"),
-                            ("gdn_core=fla", "variant gdn_core=fla: expected gdn_core= one of ['fla_function', 'graph_break', 'wy_short']")):
+                            ("gdn_core=fla", "variant gdn_core=fla: expected gdn_core= one of ['fla_function', 'graph_break']")):
         proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants", token],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
