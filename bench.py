@@ -248,11 +248,11 @@ def inductor_settings(extra: list[str]) -> dict:
 
 def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
                peak_tflops: float, profile_path: str = "", train_files: str = "") -> dict:
-    """One preset at one sequence length; `extra` holds config overrides, `gdn_core=V`, `muon_ns=V` and
-    `inductor.KEY=VALUE`."""
-    with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
-        return run_case(preset, seq_len, tokens, steps, warmup, [o for o in extra if not o.startswith("inductor.")], d,
-                        peak_tflops, profile_path, train_files)
+    """One preset at one sequence length, built, warmed up and timed on its own; `extra` holds config overrides,
+    `gdn_core=V`, `muon_ns=V` and `inductor.KEY=VALUE`."""
+    case = prepare_case(preset, seq_len, tokens, warmup, extra, d, train_files)
+    times_ms = time_steps(case["trainer"], steps, d)
+    return finish_case(case, times_ms, tokens, peak_tflops, profile_path, train_files)
 
 
 def cuda_median_ms(fn, reps: int, warmup: int) -> float:
@@ -269,51 +269,100 @@ def cuda_median_ms(fn, reps: int, warmup: int) -> float:
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def run_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, extra: list[str], d: tg.Dist,
-             peak_tflops: float, profile_path: str, train_files: str) -> dict:
+def prepare_case(preset: str, seq_len: int, tokens: int, warmup: int, extra: list[str], d: tg.Dist,
+                 train_files: str) -> dict:
+    """The case's trainer, compiled and autotuned by `warmup` steps, and the peak memory of one more step."""
     variant = next((o.split("=", 1)[1] for o in extra if o.startswith("gdn_core=")), None)
     muon_ns = next((o.split("=", 1)[1] for o in extra if o.startswith("muon_ns=")), None)
     for key, value, known in (("gdn_core", variant, CORE_VARIANTS), ("muon_ns", muon_ns, MUON_NS_VARIANTS)):
         if value is not None and value not in known:
             raise ValueError(f"variant {key}={value}: expected {key}= one of {sorted(known)}")
-    trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith(("gdn_core=", "muon_ns="))], d,
-                            train_files)
-    cfg = trainer.cfg
-    if muon_ns is not None:
-        trainer.optimizers[0].ns = MUON_NS_VARIANTS[muon_ns]()
-    for block in trainer.model.blocks if variant else []:
-        if block.kind == "G":
-            block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)
-    t0 = time.perf_counter()
-    for _ in range(warmup):  # compilation and autotuning (caches on disk from earlier cases may shorten it)
-        trainer.train_step(1.0, 0.95, False)
-    tg.synchronize(d)
-    warmup_s = time.perf_counter() - t0
+    # Memory other cases still hold (--interleave keeps every case of a length alive), subtracted from this one's peak.
+    held_mib = torch.cuda.memory_allocated(d.device) / 2**20 if d.device.type == "cuda" else 0.0
+    with inductor_config.patch(inductor_settings(extra)):  # compilation happens in the warm-up steps, inside
+        trainer = build_trainer(preset, seq_len, tokens, [o for o in extra if not o.startswith(
+            ("gdn_core=", "muon_ns=", "inductor."))], d, train_files)
+        if muon_ns is not None:
+            trainer.optimizers[0].ns = MUON_NS_VARIANTS[muon_ns]()
+        for block in trainer.model.blocks if variant else []:
+            if block.kind == "G":
+                block.mixer.core = types.MethodType(CORE_VARIANTS[variant], block.mixer)
+        t0 = time.perf_counter()
+        for _ in range(warmup):  # compilation and autotuning (caches on disk from earlier cases may shorten it)
+            trainer.train_step(1.0, 0.95, False)
+        tg.synchronize(d)
+        warmup_s = time.perf_counter() - t0
+        if d.device.type == "cuda":  # one more step for the peak memory of a step, compilation done
+            torch.cuda.reset_peak_memory_stats(d.device)
+            trainer.train_step(1.0, 0.95, False)
+            tg.synchronize(d)
+    return dict(preset=preset, seq_len=seq_len, trainer=trainer, warmup_s=warmup_s,
+                peak_mem_mib=tg.peak_memory_mib(d) - held_mib)
+
+
+def time_steps(trainer: tg.Trainer, steps: int, d: tg.Dist) -> list[float]:
+    """Milliseconds of each of `steps` training steps: CUDA events on a GPU (one sync at the end), wall time on CPU."""
     if d.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(d.device)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
         for start, end in events:
             start.record()
             trainer.train_step(1.0, 0.95, False)
             end.record()
         torch.cuda.synchronize(d.device)
-        times_ms = [start.elapsed_time(end) for start, end in events]
-    else:
-        times_ms = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            trainer.train_step(1.0, 0.95, False)
-            times_ms.append(1000 * (time.perf_counter() - t0))
+        return [start.elapsed_time(end) for start, end in events]
+    times_ms = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.train_step(1.0, 0.95, False)
+        times_ms.append(1000 * (time.perf_counter() - t0))
+    return times_ms
+
+
+def finish_case(case: dict, times_ms: list[float], tokens: int, peak_tflops: float, profile_path: str,
+                train_files: str) -> dict:
+    """The case's result row from its step times (the median), after its profile if one is asked for."""
+    trainer, seq_len = case["trainer"], case["seq_len"]
     if profile_path:
         write_profile(trainer, profile_path)
-    ms = statistics.median(times_ms)
+    cfg, ms = trainer.cfg, statistics.median(times_ms)
     flops = flops_per_token(cfg.model, seq_len)
     tok_s = tokens / (ms / 1000)
-    return dict(preset=preset, layout=cfg.model.layout, seq_len=seq_len, tokens_per_step=tokens,
+    return dict(preset=case["preset"], layout=cfg.model.layout, seq_len=seq_len, tokens_per_step=tokens,
                 tokens_from=train_files or "random",
                 params=sum(p.numel() for p in trainer.model.parameters()), ms_per_step=ms,
-                ms_spread=[min(times_ms), max(times_ms)], warmup_s=warmup_s, tok_per_s=tok_s, peak_mem_mib=tg.peak_memory_mib(d),
-                flops_per_token=flops, mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
+                ms_spread=[min(times_ms), max(times_ms)], warmup_s=case["warmup_s"], tok_per_s=tok_s,
+                peak_mem_mib=case["peak_mem_mib"], flops_per_token=flops,
+                mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
+
+
+def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, steps: int, warmup: int, rounds: int,
+                      extra: list[str], d: tg.Dist, peak_tflops: float, profile_dir: str, train_files: str) -> list[dict]:
+    """Every (preset, variant) case of one length built and warmed up together, then timed in `rounds` rounds of
+    `steps` steps each, case after case: a slow drift of the GPU's speed (docs/perf.md run FD) then touches every
+    case alike instead of whichever ran last. Each row's ms/step is the median over all its steps; `round_ms` holds
+    its per-round medians, whose spread says how far to trust a difference."""
+    # Live cases compile the same code objects under different guards: past dynamo's recompile limit a case would
+    # silently run eager, so that is an error here.
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        prepared = [prepare_case(preset, seq_len, tokens, warmup, extra + variant.split(), d, train_files)
+                    for preset, variant in cases]
+        times: list[list[float]] = [[] for _ in cases]
+        round_ms: list[list[float]] = [[] for _ in cases]
+        for _ in range(rounds):
+            for i, case in enumerate(prepared):
+                step_ms = time_steps(case["trainer"], steps, d)
+                times[i] += step_ms
+                round_ms[i].append(statistics.median(step_ms))
+        rows = []
+        for (preset, variant), case, ms, per_round in zip(cases, prepared, times, round_ms):
+            profile_path = f"{profile_dir}/profile_{case_tag(preset, seq_len, variant)}.txt" if profile_dir else ""
+            rows.append(dict(finish_case(case, ms, tokens, peak_tflops, profile_path, train_files),
+                             round_ms=per_round))
+    return rows
+
+
+def case_tag(preset: str, seq_len: int, variant: str) -> str:
+    return f"{preset}_{seq_len}" + ("_" + variant.replace(" ", "_").replace("=", "-") if variant else "")
 
 
 def add_ratios(rows: list[dict], baseline: str) -> None:
@@ -323,6 +372,20 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
     for r in rows:
         b = base.get((r["seq_len"], r["variant"]))
         r["vs_baseline"] = None if b is None else r["tok_per_s"] / b
+
+
+def report_row(r: dict) -> None:
+    rounds = " round_ms:" + ",".join(f"{ms:.2f}" for ms in r["round_ms"]) if "round_ms" in r else ""
+    print(f"bench preset:{r['preset']} seq_len:{r['seq_len']} variant:{r['variant'] or '-'} tokens:{r['tokens_from']} "
+          f"tok/s:{r['tok_per_s']:.0f} ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} "
+          f"mfu:{100 * r['mfu']:.1f}% warmup_s:{r['warmup_s']:.1f}{rounds}", flush=True)
+
+
+def release_compiled(d: tg.Dist) -> None:
+    """Drop dynamo's compiled code and the allocator's cached blocks between cases (or lengths, interleaved)."""
+    torch._dynamo.reset()
+    if d.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -347,12 +410,17 @@ def main() -> None:
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),
                         help="tile setting of train_gpt.ShortConv's kernels, as scripts/short_conv_bench.py prints it")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="keep every case of a length alive and time them in ROUNDS rounds of --steps steps, case "
+                             "after case, so that drift over time touches them alike (for differences under ~1%%)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every case, e.g. model.kernel=torch")
     args = parser.parse_args()
     extra = list(args.overrides)
     if args.baseline is not None and args.baseline not in args.presets:
         parser.error(f"--baseline {args.baseline}: expected one of the presets run ({' '.join(args.presets)})")
     baseline = args.baseline or "attention"
+    if args.interleave < 0:
+        parser.error(f"--interleave {args.interleave}: expected a number of rounds >= 1 (or 0: cases one after another)")
     if args.short_conv_tiles:
         values = args.short_conv_tiles.split(",")
         if len(values) != len(SHORT_CONV_TILES) or not all(v.isdigit() and int(v) > 0 for v in values):
@@ -364,20 +432,26 @@ def main() -> None:
         extra = ["budget=cpu_smoke", "model.vocab_size=512"] + extra
     d = tg.init_distributed()
     rows = []
-    cases = [(s, p, v) for s in args.seq_lens for p in args.presets for v in args.variants]
-    for seq_len, preset, variant in cases:
-        tag = f"{preset}_{seq_len}" + ("_" + variant.replace(" ", "_").replace("=", "-") if variant else "")
-        profile_path = f"{args.profile_dir}/profile_{tag}.txt" if args.profile_dir else ""
-        rows.append(bench_case(preset, seq_len, args.tokens_per_step, args.steps, args.warmup, extra + variant.split(),
-                               d, args.peak_tflops, profile_path, args.train_files))
-        r = rows[-1]
-        r["variant"] = variant
-        print(f"bench preset:{preset} seq_len:{seq_len} variant:{variant or '-'} tokens:{r['tokens_from']} "
-              f"tok/s:{r['tok_per_s']:.0f} ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} mfu:{100 * r['mfu']:.1f}% "
-              f"warmup_s:{r['warmup_s']:.1f}", flush=True)
-        torch._dynamo.reset()
-        if d.device.type == "cuda":
-            torch.cuda.empty_cache()
+    for seq_len in args.seq_lens:
+        cases = [(p, v) for p in args.presets for v in args.variants]
+        if args.interleave:
+            group = interleaved_cases(cases, seq_len, args.tokens_per_step, args.steps, args.warmup, args.interleave,
+                                      extra, d, args.peak_tflops, args.profile_dir, args.train_files)
+            for r, (_, variant) in zip(group, cases):
+                r["variant"] = variant
+                report_row(r)
+            release_compiled(d)
+        else:
+            group = []
+            for preset, variant in cases:
+                profile_path = (f"{args.profile_dir}/profile_{case_tag(preset, seq_len, variant)}.txt"
+                                if args.profile_dir else "")
+                group.append(dict(bench_case(preset, seq_len, args.tokens_per_step, args.steps, args.warmup,
+                                             extra + variant.split(), d, args.peak_tflops, profile_path,
+                                             args.train_files), variant=variant))
+                report_row(group[-1])
+                release_compiled(d)
+        rows += group
     device = torch.cuda.get_device_name() if d.device.type == "cuda" else "CPU"
     add_ratios(rows, baseline)
     print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} |  ({device})\n"

@@ -29,6 +29,40 @@ def test_bench_cpu_smoke_reports_every_case(tmp_path):
     assert "| MFU | vs attention |" in proc.stdout
 
 
+def test_bench_interleave_times_live_cases_in_rounds(monkeypatch):
+    """--interleave: every case of a length is built first, then timed case after case in each round; a row's ms/step
+    is the median over all its steps and round_ms its per-round medians."""
+    import bench
+    built, timed = [], []
+    monkeypatch.setattr(bench, "prepare_case", lambda preset, seq_len, tokens, warmup, extra, d, train_files: (
+        built.append((preset, tuple(extra))) or dict(preset=preset, seq_len=seq_len, trainer=f"{preset}{extra}")))
+    step_ms = iter([[1.0, 3.0], [10.0, 10.0], [2.0, 6.0], [20.0, 30.0], [9.0, 9.0], [40.0, 40.0]])
+    monkeypatch.setattr(bench, "time_steps", lambda trainer, steps, d: timed.append(trainer) or next(step_ms))
+    monkeypatch.setattr(bench, "finish_case", lambda case, times_ms, *rest: dict(
+        preset=case["preset"], ms_per_step=bench.statistics.median(times_ms)))
+    rows = bench.interleaved_cases([("gdn_hybrid", ""), ("attention", "muon_ns=eager")], 2048, 4096, 2, 1, 3,
+                                   ["x=1"], None, 989.0, "", "")
+    assert built == [("gdn_hybrid", ("x=1",)), ("attention", ("x=1", "muon_ns=eager"))]
+    assert timed == ["gdn_hybrid['x=1']", "attention['x=1', 'muon_ns=eager']"] * 3
+    assert rows == [dict(preset="gdn_hybrid", ms_per_step=4.5, round_ms=[2.0, 4.0, 9.0]),
+                    dict(preset="attention", ms_per_step=25.0, round_ms=[10.0, 25.0, 40.0])]
+
+
+def test_bench_cpu_smoke_interleaved(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants", "",
+                           "muon_ns=eager", "--interleave", "3", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["seq_len"], r["variant"], len(r["round_ms"])) for r in rows] == [
+        (64, "", 3), (64, "muon_ns=eager", 3), (128, "", 3), (128, "muon_ns=eager", 3)]
+    for r in rows:
+        assert min(r["round_ms"]) <= r["ms_per_step"] <= max(r["round_ms"])
+        assert f"variant:{r['variant'] or '-'} " in proc.stdout
+    assert proc.stdout.count(" round_ms:") == 4
+
+
 def test_bench_ratios_pair_rows_by_sequence_length_and_variant():
     import bench
     rows = [dict(preset=p, seq_len=s, variant=v, tok_per_s=t) for p, s, v, t in (
