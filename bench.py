@@ -7,6 +7,7 @@ MFU. Sequence lengths change at a fixed number of tokens per step.
 
     python bench.py                                   # gdn_hybrid, gdn_hybrid_lean, attention, pure_gdn x 2048/4096/8192
     python bench.py --presets gdn_hybrid --seq-lens 2048 --steps 30 --out bench.json
+    python bench.py --presets gdn_hybrid attention --seq-lens 8192 --interleave 5   # timed in rounds, against drift
     python bench.py --cpu-smoke                       # tiny model on CPU, to keep this script from rotting
     python bench.py --train-files 'data/datasets/fineweb10B_sp8192/fineweb_train_*.bin'   # real tokens
 
