@@ -256,18 +256,23 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
     return finish_case(case, times_ms, tokens, peak_tflops, profile_path, train_files)
 
 
-def cuda_median_ms(fn, reps: int, warmup: int) -> float:
-    """Median CUDA-event time of fn over reps calls after warmup calls: the timer of the component scripts
-    (scripts/short_conv_bench.py, fused_mlp_bench.py, relu2_mm_explore.py)."""
-    for _ in range(warmup):
-        fn()
+def cuda_times_ms(fn, reps: int) -> list[float]:
+    """CUDA-event milliseconds of each of reps calls of fn, with one sync at the end."""
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
     for start, end in events:
         start.record()
         fn()
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def cuda_median_ms(fn, reps: int, warmup: int) -> float:
+    """Median CUDA-event time of fn over reps calls after warmup calls: the timer of the component scripts
+    (scripts/short_conv_bench.py, fused_mlp_bench.py, relu2_mm_explore.py)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(cuda_times_ms(fn, reps))
 
 
 def prepare_case(preset: str, seq_len: int, tokens: int, warmup: int, extra: list[str], d: tg.Dist,
@@ -304,13 +309,7 @@ def prepare_case(preset: str, seq_len: int, tokens: int, warmup: int, extra: lis
 def time_steps(trainer: tg.Trainer, steps: int, d: tg.Dist) -> list[float]:
     """Milliseconds of each of `steps` training steps: CUDA events on a GPU (one sync at the end), wall time on CPU."""
     if d.device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-        for start, end in events:
-            start.record()
-            trainer.train_step(1.0, 0.95, False)
-            end.record()
-        torch.cuda.synchronize(d.device)
-        return [start.elapsed_time(end) for start, end in events]
+        return cuda_times_ms(lambda: trainer.train_step(1.0, 0.95, False), steps)
     times_ms = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -356,14 +355,16 @@ def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, s
                 round_ms[i].append(statistics.median(step_ms))
         rows = []
         for (preset, variant), case, ms, per_round in zip(cases, prepared, times, round_ms):
-            profile_path = f"{profile_dir}/profile_{case_tag(preset, seq_len, variant)}.txt" if profile_dir else ""
-            rows.append(dict(finish_case(case, ms, tokens, peak_tflops, profile_path, train_files),
+            rows.append(dict(finish_case(case, ms, tokens, peak_tflops,
+                                         case_profile_path(profile_dir, preset, seq_len, variant), train_files),
                              round_ms=per_round))
     return rows
 
 
-def case_tag(preset: str, seq_len: int, variant: str) -> str:
-    return f"{preset}_{seq_len}" + ("_" + variant.replace(" ", "_").replace("=", "-") if variant else "")
+def case_profile_path(profile_dir: str, preset: str, seq_len: int, variant: str) -> str:
+    """Where --profile-dir puts a case's profile table; "" without --profile-dir."""
+    tag = f"{preset}_{seq_len}" + ("_" + variant.replace(" ", "_").replace("=", "-") if variant else "")
+    return f"{profile_dir}/profile_{tag}.txt" if profile_dir else ""
 
 
 def add_ratios(rows: list[dict], baseline: str) -> None:
@@ -445,10 +446,9 @@ def main() -> None:
         else:
             group = []
             for preset, variant in cases:
-                profile_path = (f"{args.profile_dir}/profile_{case_tag(preset, seq_len, variant)}.txt"
-                                if args.profile_dir else "")
                 group.append(dict(bench_case(preset, seq_len, args.tokens_per_step, args.steps, args.warmup,
-                                             extra + variant.split(), d, args.peak_tflops, profile_path,
+                                             extra + variant.split(), d, args.peak_tflops,
+                                             case_profile_path(args.profile_dir, preset, seq_len, variant),
                                              args.train_files), variant=variant))
                 report_row(group[-1])
                 release_compiled(d)
