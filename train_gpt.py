@@ -19,6 +19,7 @@ import torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as 
 
 triton = importlib.import_module("triton") if importlib.util.find_spec("triton") else None  # CUDA torch ships it
 tl = triton.language if triton else None
+os.environ.setdefault("FLA_CACHE_RESULTS", "0")  # FLA's autotune keys lack the length: no pick kept on disk from a small input
 
 # ----------------------------------------------------------------------------------------------------
 # HYPERPARAMETERS: one validated dataclass tree; a misspelled key lists the valid keys, a bad number its range.
@@ -243,9 +244,7 @@ def check_override_key(key: str) -> None:
 
 @dataclass
 class Dist:
-    rank: int
-    world: int
-    local_rank: int
+    rank: int; world: int; local_rank: int  # noqa: E702
     device: torch.device
     master = property(lambda self: self.rank == 0)
 
@@ -317,7 +316,8 @@ def package_versions() -> dict:
     return out
 
 def environment_report(d: Dist) -> str:
-    lines = [" ".join(f"{k}:{v}" for k, v in package_versions().items()) + f" platform:{platform.platform()}"]
+    lines = [" ".join(f"{k}:{v}" for k, v in package_versions().items()) + f" platform:{platform.platform()}"
+             f" FLA_CACHE_RESULTS:{os.environ.get('FLA_CACHE_RESULTS')}"]
     if torch.cuda.is_available():
         lines += [f"gpu{i}:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
         with contextlib.suppress(Exception):  # no nvidia-smi: the device names above still say what ran

@@ -123,3 +123,20 @@ def test_calibration_needs_a_sequence_per_rank(synthetic_data, tmp_path):
     size mismatch; on NCCL a hang): refused at start."""
     proc = run_failing(TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.calib_seqs=1"], tmp_path, nproc=2)
     assert "config export.calib_seqs: 1 must be >= the world size 2" in proc.stdout + proc.stderr
+
+
+def test_fla_autotune_picks_are_kept_on_disk_only_when_asked():
+    """FLA's autotune keys hold head counts and dims but no sequence length, and by default FLA has Triton keep each
+    pick in its cache directory. A pick made on a 64-token input ran FLA's kkt-solve at 12 x 8192 in 621 us instead of
+    401 in every later process on the machine (docs/perf.md run HE). Importing train_gpt turns FLA's setting off, so
+    each process tunes on its own first call (the trainer's warm-up steps), unless the user set FLA_CACHE_RESULTS;
+    the run log says which."""
+    pytest.importorskip("fla")
+    code = ("import os, torch, train_gpt as tg, fla.utils.env as e; print(e.FLA_CACHE_RESULTS, "
+            "'FLA_CACHE_RESULTS:' + os.environ['FLA_CACHE_RESULTS'] in tg.environment_report(tg.Dist(0, 1, 0, torch.device('cpu'))))")
+    env = {k: v for k, v in os.environ.items() if k != "FLA_CACHE_RESULTS"}
+    for user_setting, expected in [(None, "False True"), ("1", "True True")]:
+        run_env = env if user_setting is None else dict(env, FLA_CACHE_RESULTS=user_setting)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-2:] == expected.split(), (user_setting, proc.stdout)
