@@ -317,7 +317,7 @@ def package_versions() -> dict:
 
 def environment_report(d: Dist) -> str:
     lines = [" ".join(f"{k}:{v}" for k, v in package_versions().items()) + f" platform:{platform.platform()}"
-             f" FLA_CACHE_RESULTS:{os.environ.get('FLA_CACHE_RESULTS')}"]
+             f" fla_cache_results:{os.environ.get('FLA_CACHE_RESULTS')}"]
     if torch.cuda.is_available():
         lines += [f"gpu{i}:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
         with contextlib.suppress(Exception):  # no nvidia-smi: the device names above still say what ran

@@ -9,8 +9,8 @@ off (FLA_CACHE_RESULTS=0 unless set), so this shows the effect only with FLA_CAC
     FLA_CACHE_RESULTS=1 python scripts/fla_pick_probe.py                # a later process: loads those picks
     python scripts/fla_pick_probe.py                                    # train_gpt's default: tunes at 12 x 8192
 """
-import os
 import argparse
+import os
 import sys
 from pathlib import Path
 

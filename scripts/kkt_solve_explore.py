@@ -11,7 +11,7 @@ another: 4 x 14 dependent steps, each a masked row extraction and two cross-thre
   refined       doubling plus one Newton step X + X (I - (I + N) X), which restores fp32 accuracy (in fp32 products).
 The upper blocks are written as zeros, so A needs no zero-filled allocation (FLA's 100 MB memset per call).
 
-    python scripts/kkt_solve_explore.py          # GPU: parity with an fp64 reference, then both timed interleaved
+    python scripts/kkt_solve_explore.py          # GPU: parity with an fp64 reference, then every launch timed interleaved
 
 On an H200 (docs/perf.md run HD, 12x8192 and 48x2048 alike, us a call): FLA 273 with its zero-fill; substitution with
 tf32 block products at 1 warp 184 (FLA's own precision), with tf32x3 213, with ieee 307; the products with tf32 117

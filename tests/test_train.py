@@ -133,7 +133,7 @@ def test_fla_autotune_picks_are_kept_on_disk_only_when_asked():
     the run log says which."""
     pytest.importorskip("fla")
     code = ("import os, torch, train_gpt as tg, fla.utils.env as e; print(e.FLA_CACHE_RESULTS, "
-            "'FLA_CACHE_RESULTS:' + os.environ['FLA_CACHE_RESULTS'] in tg.environment_report(tg.Dist(0, 1, 0, torch.device('cpu'))))")
+            "'fla_cache_results:' + os.environ['FLA_CACHE_RESULTS'] in tg.environment_report(tg.Dist(0, 1, 0, torch.device('cpu'))))")
     env = {k: v for k, v in os.environ.items() if k != "FLA_CACHE_RESULTS"}
     for user_setting, expected in [(None, "False True"), ("1", "True True")]:
         run_env = env if user_setting is None else dict(env, FLA_CACHE_RESULTS=user_setting)
