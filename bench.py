@@ -275,6 +275,21 @@ def cuda_median_ms(fn, reps: int, warmup: int) -> float:
     return statistics.median(cuda_times_ms(fn, reps))
 
 
+def interleaved_times_ms(calls: dict, rounds: int, reps: int = 30, warmup: int = 5) -> dict:
+    """name -> each call's cuda_median_ms in `rounds` rounds, the calls one after another in every round, so that a
+    drift over time touches every call alike (scripts/wy_bwd_explore.py, kkt_solve_explore.py)."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(cuda_median_ms(fn, reps, warmup))
+    return times
+
+
+def spread_us(ms: list[float]) -> str:
+    """A list of timings in ms as 'median M us (min A, max B)'."""
+    return f"median {statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})"
+
+
 def prepare_case(preset: str, seq_len: int, tokens: int, warmup: int, extra: list[str], d: tg.Dist,
                  train_files: str) -> dict:
     """The case's trainer, compiled and autotuned by `warmup` steps, and the peak memory of one more step."""

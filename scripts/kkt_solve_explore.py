@@ -109,6 +109,14 @@ def _store_block(A, X, row0, col0, bos, i_h, T, H: tl.constexpr, BT: tl.constexp
 
 
 @triton.jit
+def _store_zeros(A, row0, col0, bos, i_h, T, H: tl.constexpr, BT: tl.constexpr):
+    """Zeros in columns col0.. of rows row0..row0+15: the blocks above the diagonal, which FLA's backward reads."""
+    o_r, o_c = row0 + tl.arange(0, 16), tl.arange(0, BT)
+    tl.store(A + ((bos + o_r) * H + i_h)[:, None] * BT + o_c[None, :], tl.zeros([16, BT], A.dtype.element_ty),
+             mask=(o_r < T)[:, None] & (o_c >= col0)[None, :])
+
+
+@triton.jit
 def kkt_solve_kernel(k, g, beta, A, T, H: tl.constexpr, K: tl.constexpr, INVERSE: tl.constexpr,
                      PRECISION: tl.constexpr):
     """One chunk of 64 of one head: k [B, T, H, K], g (log2 units, cumulative in the chunk) and beta [B, T, H] ->
@@ -139,19 +147,15 @@ def kkt_solve_kernel(k, g, beta, A, T, H: tl.constexpr, K: tl.constexpr, INVERSE
                   input_precision=PRECISION)
     S30 = tl.dot(L31, A10, tl.dot(L30, A00, input_precision=PRECISION), input_precision=PRECISION)
     A30 = -tl.dot(A33, tl.dot(L32, A20, S30, input_precision=PRECISION), input_precision=PRECISION)
-    zero = tl.zeros([16, 16], tl.float32)
     _store_block(A, A00, t0, 0, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0, 16, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0, 32, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0, 48, bos, i_h, T, H, 64)
+    _store_zeros(A, t0, 16, bos, i_h, T, H, 64)
     _store_block(A, A10, t0 + 16, 0, bos, i_h, T, H, 64)
     _store_block(A, A11, t0 + 16, 16, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0 + 16, 32, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0 + 16, 48, bos, i_h, T, H, 64)
+    _store_zeros(A, t0 + 16, 32, bos, i_h, T, H, 64)
     _store_block(A, A20, t0 + 32, 0, bos, i_h, T, H, 64)
     _store_block(A, A21, t0 + 32, 16, bos, i_h, T, H, 64)
     _store_block(A, A22, t0 + 32, 32, bos, i_h, T, H, 64)
-    _store_block(A, zero, t0 + 32, 48, bos, i_h, T, H, 64)
+    _store_zeros(A, t0 + 32, 48, bos, i_h, T, H, 64)
     _store_block(A, A30, t0 + 48, 0, bos, i_h, T, H, 64)
     _store_block(A, A31, t0 + 48, 16, bos, i_h, T, H, 64)
     _store_block(A, A32, t0 + 48, 32, bos, i_h, T, H, 64)
@@ -210,7 +214,7 @@ def gpu_main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import cuda_median_ms
+    from bench import interleaved_times_ms, spread_us
     from fla_config_sweep import SHAPES, layer_inputs
     import train_gpt as tg
     wy_fast = tg.fla_kernels()[5]
@@ -230,14 +234,10 @@ def gpu_main() -> None:
             wu_err = [((o.float() - r.float()).abs().max() / r.float().abs().max()).item() for o, r in zip(wu, w_ref)]
             print(f"{B}x{T} {name}: max |A - fp64| / max |fp64| {err:.2e}; w, u against w, u from the rounded fp64 A: "
                   f"{wu_err[0]:.2e} {wu_err[1]:.2e}", flush=True)
-        times = {name: [] for name in calls}
-        for _ in range(args.rounds):
-            for name, fn in calls.items():
-                times[name].append(cuda_median_ms(fn, 30, warmup=5))
+        times = interleaved_times_ms(calls, args.rounds)
         for name, ms in times.items():
             label = "FLA kkt_solve (zero-filled A)" if name == "fla" else f"kkt_solve {name[0]} precision={name[1]} warps={name[2]}"
-            print(f"{B}x{T} {label}: median {statistics.median(ms) * 1e3:.1f} us "
-                  f"(min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})", flush=True)
+            print(f"{B}x{T} {label}: {spread_us(ms)}", flush=True)
         for launch in launches:
             summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
     print("best_launch:" + ",".join(map(str, min(summed, key=summed.get))))  # over both shapes

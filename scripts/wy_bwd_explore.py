@@ -161,7 +161,7 @@ def gpu_main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import cuda_median_ms
+    from bench import interleaved_times_ms, spread_us
     from fla_config_sweep import SHAPES, layer_inputs
     import train_gpt as tg
     wy_fast, summed = tg.fla_kernels()[5], {}
@@ -177,14 +177,10 @@ def gpu_main() -> None:
             errs = [((o.float() - r).abs().max() / r.abs().max()).item() for o, r in zip(fn(), exact)]
             print(f"{B}x{T} {name}: max |out - fp32 reference| / max |reference| for dk dv dbeta dg: "
                   + " ".join(f"{e:.2e}" for e in errs), flush=True)
-        times = {name: [] for name in ["fla", *ours]}
-        for _ in range(args.rounds):
-            for name, fn in [("fla", fla), *ours.items()]:
-                times[name].append(cuda_median_ms(fn, 30, warmup=5))
+        times = interleaved_times_ms({"fla": fla, **ours}, args.rounds)
         for name, ms in times.items():
             label = "FLA prepare_wy_repr_bwd" if name == "fla" else f"wy_bwd warps={name[0]} split={name[1]}"
-            print(f"{B}x{T} {label}: median "
-                  f"{statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})", flush=True)
+            print(f"{B}x{T} {label}: {spread_us(ms)}", flush=True)
         for launch in ours:
             summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
     warps, split = min(summed, key=summed.get)  # over both shapes

@@ -156,3 +156,15 @@ def test_gpu_time_by_phase_charges_idle_gaps_to_the_phase_that_launched_the_next
         "(outside host ops) cuLaunchKernelEx": dict(kernels=1, busy_us=5.0, idle_us=55.0),
         "(launch not in trace)": dict(kernels=1, busy_us=1.0, idle_us=90.0),
     }
+
+
+def test_interleaved_times_ms_runs_the_calls_in_rounds(monkeypatch):
+    """The component scripts' interleaved timer: every call once a round, in the given order, one median per round."""
+    import bench
+    order, clock = [], iter(range(1, 100))
+    monkeypatch.setattr(bench, "cuda_median_ms", lambda fn, reps, warmup: (fn(), order.append((reps, warmup)), next(clock))[2])
+    calls = []
+    times = bench.interleaved_times_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, reps=7, warmup=2)
+    assert calls == ["a", "b"] * 3 and order == [(7, 2)] * 6
+    assert times == {"a": [1, 3, 5], "b": [2, 4, 6]}
+    assert bench.spread_us(times["b"]) == "median 4000.0 us (min 2000.0, max 6000.0)"
