@@ -341,7 +341,7 @@ def import_qwen3_5(device: torch.device):
     sys.modules makes the import raise) while the module is imported, and restored afterwards."""
     if QWEN_MODELING in sys.modules:
         module = sys.modules[QWEN_MODELING]
-        if device.type != "cuda" and gdn_kernel_name(module).startswith("fla"):
+        if device.type != "cuda" and gdn_kernel_name(module, device).startswith("fla"):
             raise RuntimeError(f"{QWEN_MODELING} was imported with the FLA kernels bound before frozen_context could "
                                "block them; on a CPU import frozen_context (or call import_qwen3_5) first")
         return module
@@ -358,10 +358,19 @@ def import_qwen3_5(device: torch.device):
             sys.modules["fla"] = saved
 
 
-def gdn_kernel_name(modeling) -> str:
-    """Where the chunked GDN kernel bound by transformers lives (the wrapper keeps it in its closure)."""
+def gdn_kernel_name(modeling, device: torch.device) -> str:
+    """Where the chunked GDN kernel that transformers runs for inputs on `device` lives. Its wrapper keeps the kernel
+    bound at import in its closure. Since transformers 5.25 the wrapper also falls back to the torch reference for
+    inputs on a device the package does not support, and with the `kernels` package installed it sits inside an
+    nn.Module whose forward closes over it."""
     try:
-        impl = inspect.getclosurevars(modeling.torch_chunk_gated_delta_rule).nonlocals["implementation"]
+        wrapper = modeling.torch_chunk_gated_delta_rule
+        if isinstance(wrapper, torch.nn.Module):
+            wrapper = inspect.getclosurevars(type(wrapper).forward).nonlocals["func"]
+        scope = inspect.getclosurevars(wrapper).nonlocals
+        impl = scope["implementation"]
+        if device.type not in (scope.get("supported_devices") or (device.type,)):
+            impl = scope["torch_function"]
         return f"{impl.__module__}.{impl.__name__}"
     except (KeyError, TypeError, AttributeError):
         return "unknown"
@@ -416,6 +425,8 @@ class Qwen35Runner:
     def __init__(self, model, modeling, device: torch.device, compute_dtype: torch.dtype):
         self.model, self.modeling, self.device, self.compute_dtype = model, modeling, device, compute_dtype
         self.read_only_cache = read_only_cache_class()
+        # the forward's cache argument: past_key_values up to 5.17 at least, cache by 5.24 (the old name warns there)
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16)
@@ -430,8 +441,8 @@ class Qwen35Runner:
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
         mask = batch.context_mask
-        self.model(input_ids=batch.context, attention_mask=mask, position_ids=positions(mask), past_key_values=cache,
-                   use_cache=True, logits_to_keep=1)
+        self.model(input_ids=batch.context, attention_mask=mask, position_ids=positions(mask), use_cache=True,
+                   logits_to_keep=1, **{self.cache_kwarg: cache})
         return self.read_only_cache(cache)
 
     def decision_logits(self, batch: Batch, cache) -> torch.Tensor:
@@ -444,8 +455,8 @@ class Qwen35Runner:
                              "(in-place conv state update; FLA fused_recurrent kernel without backward on CUDA)")
         mask = torch.cat([batch.context_mask, torch.ones_like(batch.decision)], 1)
         pos = batch.context_mask.long().sum(-1, keepdim=True) + torch.arange(T, device=batch.decision.device)
-        return self.model(input_ids=batch.decision, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                          use_cache=True).logits
+        return self.model(input_ids=batch.decision, attention_mask=mask, position_ids=pos, use_cache=True,
+                          **{self.cache_kwarg: cache}).logits
 
     def plain_forward(self, tokens: torch.Tensor) -> None:
         self.model(input_ids=tokens, use_cache=False, logits_to_keep=1)
@@ -606,7 +617,7 @@ def build_qwen3_5(args, device: torch.device, param_dtype: torch.dtype) -> tuple
         if args.gdn_decay_init == "mamba":
             mamba_decay_init(model)
     model.to(device=device, dtype=param_dtype).eval()
-    meta = dict(model=model.config.to_dict(), gdn_kernel=gdn_kernel_name(modeling))
+    meta = dict(model=model.config.to_dict(), gdn_kernel=gdn_kernel_name(modeling, device))
     return Qwen35Runner(model, modeling, device, DTYPES[args.dtype]), meta
 
 

@@ -2,6 +2,7 @@
 cache, the gradient split, the W_q context dependence, left padding and the GDN effective attention, for our hybrid
 (train_gpt.GPT) and a tiny random-init Hugging Face Qwen3.5."""
 import json
+import types
 import weakref
 
 import pytest
@@ -40,6 +41,45 @@ def qwen() -> Setup:
 
 def test_cpu_runs_the_torch_gdn_kernel(setup):
     assert setup.meta["gdn_kernel"].startswith(("torch", "transformers.")), setup.meta["gdn_kernel"]
+
+
+def fake_qwen_modeling(bound_to_fla: bool, device_aware: bool, in_module: bool):
+    """A modeling module whose GDN wrapper has the closure layout of transformers' hub-kernel fallback: 5.17 binds the
+    kernel at import; 5.25 also falls back for devices the package does not support, and sits in an nn.Module (the
+    `kernels` package's Func) when `kernels` is installed."""
+    def torch_chunk_gated_delta_rule(*args):
+        return "torch"
+    torch_chunk_gated_delta_rule.__module__ = "transformers.models.qwen3_5.modeling_qwen3_5"
+
+    def chunk_gated_delta_rule(*args):
+        return "fla"
+    chunk_gated_delta_rule.__module__ = "fla.ops.gated_delta_rule.chunk"
+    torch_function, implementation = torch_chunk_gated_delta_rule, (
+        chunk_gated_delta_rule if bound_to_fla else torch_chunk_gated_delta_rule)
+    supported_devices = ("cuda",) if device_aware and bound_to_fla else None
+
+    def wrapped(*args):
+        if supported_devices is not None and args[0].type not in supported_devices:
+            return torch_function(*args)
+        return implementation(*args)
+
+    func = wrapped
+
+    class Func(torch.nn.Module):
+        def forward(self, *args):
+            return func(*args)
+
+    return types.SimpleNamespace(torch_chunk_gated_delta_rule=Func() if in_module else wrapped)
+
+
+@pytest.mark.parametrize("layout", ["5.17", "5.25", "5.25 with kernels"])
+@pytest.mark.parametrize("bound_to_fla", [True, False])
+def test_gdn_kernel_name_is_the_kernel_that_runs(layout, bound_to_fla):
+    modeling = fake_qwen_modeling(bound_to_fla, device_aware=layout != "5.17", in_module=layout.endswith("kernels"))
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        ran = modeling.torch_chunk_gated_delta_rule(device)
+        name = fc.gdn_kernel_name(modeling, device)
+        assert name.startswith({"fla": "fla.", "torch": "transformers."}[ran]), (layout, device, name)
 
 
 def test_frozen_logits_match_full_forward(setup):
@@ -152,10 +192,10 @@ def test_qwen_plain_cache_cannot_serve_repeated_frozen_steps(qwen):
     runner, batch = qwen.runner, qwen.batch
     cache = DynamicCache(config=runner.model.config)
     with torch.no_grad():
-        runner.model(input_ids=batch.context, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        runner.model(input_ids=batch.context, use_cache=True, logits_to_keep=1, **{runner.cache_kwarg: cache})
     before = [t.clone() for t in fc.cache_tensors(cache)]
     try:
-        logits = runner.model(input_ids=batch.decision, past_key_values=cache, use_cache=True).logits
+        logits = runner.model(input_ids=batch.decision, use_cache=True, **{runner.cache_kwarg: cache}).logits
         logits.float().logsumexp(-1).mean().backward()
         failed = False
     except RuntimeError:
