@@ -493,24 +493,24 @@ if triton is not None:
                              BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr, WANT_DSTATE: tl.constexpr):
         """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m], tap W-1-m
         of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (+1 of carried rows < 0 for the first with a state:
-        their dx is the state's gradient ds); dw goes to dw_part, summed by the caller. dx: a column slice (sdb, sdt)."""
+        their dx is the state's gradient ds); dw goes to dw_part, summed by the caller. dx: a column slice (sdb, sdt). The W
+        shifted du tiles load as one block, and dw is summed over rows once per program, not per tap and tile."""
         i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-        c, taps = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)
-        dw = tl.zeros((BD, BW), tl.float32)
+        c, m = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)[:, None, None]  # shift m: du row t + m meets tap W-1-m
+        on = (m < W) & (c < D)[None, None, :]
+        w_m = tl.load(w + c[None, None, :] * W + (W - 1 - m), mask=on, other=0.0).to(tl.float32)
+        dw = tl.zeros((BW, BT, BD), tl.float32)  # dw's products per row, summed over rows once, at the end
         for i_t in range(i_s * TILES - (i_s == 0).to(tl.int32) * HAS_STATE, (i_s + 1) * TILES):
             rows = i_t * BT + tl.arange(0, BT)
-            xs, acc = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W, HAS_STATE), tl.zeros((BT, BD), tl.float32)
-            for m in tl.static_range(W):
-                g = tl.load(du + i_b * T * D + (rows + m)[:, None] * D + c[None, :],
-                            mask=((rows + m >= 0) & (rows + m < T))[:, None] & (c < D)[None, :], other=0.0).to(tl.float32)
-                acc += g * tl.load(w + c * W + (W - 1 - m), mask=c < D, other=0.0).to(tl.float32)[None, :]
-                dw += tl.sum(g * xs, 0)[:, None] * (taps == W - 1 - m)[None, :]
+            xs, r = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W, HAS_STATE), rows[None, :, None] + m
+            g = tl.load(du + i_b * T * D + r * D + c[None, None, :], mask=on & (r >= 0) & (r < T), other=0.0).to(tl.float32)
+            acc, dw = tl.sum(g * w_m, 0), dw + g * xs[None, :, :]
             tl.store(dx + i_b * sdb + rows[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty),
                      mask=((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :])
             if WANT_DSTATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
                 tl.store(ds + i_b * D * W + c[None, :] * W + (W + rows)[:, None], acc, mask=((rows < 0) & (rows > -W))[:, None] & (c < D)[None, :])
         part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
-        tl.store(part + c[:, None] * W + taps[None, :], dw, mask=(c < D)[:, None] & (taps < W)[None, :])
+        tl.store(part + c[None, None, :] * W + (W - 1 - m), tl.sum(dw, 1)[:, None, :], mask=on)
 
 class ShortConv:
     """Causal conv + SiLU over q|k|v and each q and k head's L2 norm in one pass, into contiguous [B, T, heads, dim] q, k,
