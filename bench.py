@@ -28,10 +28,12 @@ import argparse
 import ast
 import bisect
 import gzip
+import importlib.util
 import json
 import os
 import shutil
 import statistics
+import sys
 import time
 import types
 
@@ -107,6 +109,17 @@ MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager"
 
 
 SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
+
+
+def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType:
+    """Another version of train_gpt.py (an older commit's copy), imported beside this one under `name`, so that the
+    component scripts can time its kernels in the same process."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise ValueError(f"{path}: cannot be imported as a Python file (expected a copy of train_gpt.py)")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def set_short_conv_tiles(setting) -> None:

@@ -3,7 +3,6 @@ FLA's causal_conv1d + split copies + FLA's L2 norm against train_gpt.ShortConv a
 kernels, and optionally another version of train_gpt.py (--compare FILE, e.g. an older commit's copy) in the same
 process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py]"""
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
-from bench import SHORT_CONV_TILES, cuda_median_ms, set_short_conv_tiles  # noqa: E402
+from bench import SHORT_CONV_TILES, cuda_median_ms, load_train_gpt_copy, set_short_conv_tiles  # noqa: E402
 
 
 def time_ms(fn, reps: int = 50) -> float:
@@ -50,9 +49,7 @@ def main() -> None:
     print(f"short_conv B={B} T={T} D={D}: bytes of one x read + one q|k|v write = {gb:.2f} GB")
     print(f"short_conv fla (conv + copies + l2norm) fwd+bwd: {time_ms(fla_path):.3f} ms")
     if args.compare:
-        spec = importlib.util.spec_from_file_location("compared_train_gpt", args.compare)
-        other = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(other)
+        other = load_train_gpt_copy(args.compare, "compared_train_gpt")
         print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms, "
               f"backward only: {time_ms(backward(other.ShortConv)):.3f} ms")
     names, state = ",".join(SHORT_CONV_TILES).lower(), torch.randn(B, D, W, device="cuda")

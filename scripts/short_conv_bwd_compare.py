@@ -4,7 +4,6 @@ for a few dx tile settings of this version, timed interleaved (bench.interleaved
 setting's relative difference in dx and dw from the other version.
     git show e7e8982:train_gpt.py > /tmp/old_train_gpt.py && python scripts/short_conv_bwd_compare.py /tmp/old_train_gpt.py"""
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -22,9 +21,7 @@ def main() -> None:
     parser.add_argument("other", type=Path, help="the other train_gpt.py, e.g. an older commit's copy")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("other_train_gpt", args.other)
-    other = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(other)
+    other = bench.load_train_gpt_copy(args.other)
     H, K, V, W = 8, 64, 64, 4
     D = 2 * H * K + H * V
     for B, T in ((48, 2048), (12, 8192)):

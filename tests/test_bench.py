@@ -168,3 +168,17 @@ def test_interleaved_times_ms_runs_the_calls_in_rounds(monkeypatch):
     assert calls == ["a", "b"] * 3 and order == [(7, 2)] * 6
     assert times == {"a": [1, 3, 5], "b": [2, 4, 6]}
     assert bench.spread_us(times["b"]) == "median 4000.0 us (min 2000.0, max 6000.0)"
+
+
+def test_load_train_gpt_copy_imports_another_version_beside_this_one(tmp_path):
+    import shutil
+
+    import bench
+    import train_gpt as tg
+    copy = tmp_path / "old_train_gpt.py"
+    shutil.copy(ROOT / "train_gpt.py", copy)
+    other = bench.load_train_gpt_copy(copy, "test_copied_train_gpt")
+    assert other.__file__ == str(copy) and other.ShortConv is not tg.ShortConv
+    assert other.ShortConv.DX_ROWS == tg.ShortConv.DX_ROWS
+    with pytest.raises(ValueError, match="notes.txt: cannot be imported"):
+        bench.load_train_gpt_copy(tmp_path / "notes.txt")
