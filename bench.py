@@ -108,7 +108,7 @@ CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_c
 MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager": lambda: tg.newton_schulz}
 
 
-SHORT_CONV_TILES = ("ROWS", "WARPS", "BWD_ROWS", "BWD_TILES", "BWD_WARPS")  # train_gpt.ShortConv's
+SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
 
 
 def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType:
@@ -123,7 +123,7 @@ def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType
 
 
 def set_short_conv_tiles(setting) -> None:
-    """train_gpt.ShortConv's tiles and warps (forward, backward), as scripts/short_conv_bench.py prints them."""
+    """train_gpt.ShortConv's tiles and warps (forward, du pass, dx pass), as scripts/short_conv_bench.py prints them."""
     for name, value in zip(SHORT_CONV_TILES, setting, strict=True):
         setattr(tg.ShortConv, name, int(value))
 
@@ -455,7 +455,7 @@ def main() -> None:
         values = args.short_conv_tiles.split(",")
         if len(values) != len(SHORT_CONV_TILES) or not all(v.isdigit() and int(v) > 0 for v in values):
             parser.error(f"--short-conv-tiles {args.short_conv_tiles!r}: expected {len(SHORT_CONV_TILES)} positive "
-                         f"integers {','.join(SHORT_CONV_TILES)}, e.g. 32,1,32,8,4")
+                         f"integers {','.join(SHORT_CONV_TILES)}, e.g. 32,1,32,2,32,8,2")
         set_short_conv_tiles(values)
     if args.cpu_smoke:
         args.seq_lens, args.tokens_per_step, args.steps, args.warmup = [64, 128], 512, 2, 1

@@ -439,66 +439,34 @@ def short_conv_qkv(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | 
 if triton is not None:
     # Programs: (K-wide channel block = one q/k head: its L2 norm is a row reduction, rows, sequence); state rows < 0
     @triton.jit
-    def _conv_input(x, s0, i_b, r, c, T, sxb, sxt, D, W: tl.constexpr, HAS_STATE: tl.constexpr):
-        """x at rows r and channels c (broadcastable index tensors), fp32; rows < 0 from the state, or 0 without one."""
-        m_c = c < D
-        xs = tl.load(x + i_b * sxb + r * sxt + c, mask=(r >= 0) & (r < T) & m_c, other=0.0).to(tl.float32)
+    def _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W: tl.constexpr, HAS_STATE: tl.constexpr):
+        m_c = (c < D)[None, :]
+        xs = tl.load(x + i_b * sxb + rows[:, None] * sxt + c[None, :], mask=((rows >= 0) & (rows < T))[:, None] & m_c,
+                     other=0.0).to(tl.float32)
         if HAS_STATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
-            xs += tl.load(s0 + i_b * D * W + c * W + (W + r), mask=(r < 0) & (r > -W) & m_c, other=0.0).to(tl.float32)
+            xs += tl.load(s0 + i_b * D * W + c[None, :] * W + (W + rows)[:, None],
+                          mask=((rows < 0) & (rows > -W))[:, None] & m_c, other=0.0).to(tl.float32)
         return xs
     @triton.jit
-    def short_conv_kernel(x, w, s0, q, k, v, T, sxb, sxt, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                          W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr):
-        """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v; W = 0: no conv, u = x."""
+    def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, sdb, sdt, H: tl.constexpr, K: tl.constexpr,
+                          V: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr,
+                          BACKWARD: tl.constexpr, HAS_K2: tl.constexpr):
+        """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients (k's in
+        two parts k + k2 with HAS_K2), and the gradient at the pre-activation u (recomputed from x) goes to du (strides
+        sdb, sdt); W = 0: no conv, u = x."""
         i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         D, rows, c = 2 * H * K + H * V, i_t * BT + tl.arange(0, BT), i_d * K + tl.arange(0, K)
-        u = _conv_input(x, s0, i_b, rows[:, None], c[None, :], T, sxb, sxt, D, 1, False) if W == 0 else tl.zeros((BT, K), tl.float32)
+        u = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, 1, False) if W == 0 else tl.zeros((BT, K), tl.float32)
         for j in tl.static_range(W):
             w_j = tl.load(w + c * W + j, mask=c < D, other=0.0).to(tl.float32)
-            u += _conv_input(x, s0, i_b, (rows - (W - 1) + j)[:, None], c[None, :], T, sxb, sxt, D, W, HAS_STATE) * w_j[None, :]
-        y, m = u * tl.sigmoid(u), (rows < T)[:, None] & (c < D)[None, :]
+            u += _conv_input(x, s0, i_b, rows - (W - 1) + j, c, T, sxb, sxt, D, W, HAS_STATE) * w_j[None, :]
+        sig = tl.sigmoid(u)
+        y, m = u * sig, (rows < T)[:, None] & (c < D)[None, :]
         # sequence offsets go into the base pointers (int64 scalars) so that tile offsets stay int32
         pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
         oq, ov = rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
-        if i_d < 2 * H:
-            y = y * tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
-        if i_d < H:
-            tl.store(pq + oq, y.to(q.dtype.element_ty), mask=m)
-        elif i_d < 2 * H:
-            tl.store(pk + oq, y.to(k.dtype.element_ty), mask=m)
-        else:
-            tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
-    @triton.jit
-    def short_conv_bwd_kernel(x, w, s0, q, k, v, k2, dx, ds, dw_part, T, sxb, sxt, sdb, sdt, H: tl.constexpr,
-                              K: tl.constexpr, V: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, BT: tl.constexpr,
-                              STEP: tl.constexpr, TILES: tl.constexpr, HAS_STATE: tl.constexpr,
-                              WANT_DSTATE: tl.constexpr, HAS_K2: tl.constexpr, SHIFT_DOT: tl.constexpr = False, DW_TILE: tl.constexpr = False, FLAT: tl.constexpr = False):
-        """Backward in one pass, q, k, v holding their gradients (k's in two parts k + k2 with HAS_K2). A tile of BT rows
-        recomputes the pre-activation u from x and the gradient du at u; input row t feeds u at t .. t + W - 1 through taps
-        W - 1 .. 0, so dx[t] = sum_m w[W-1-m] du[t+m] (du's rows shifted by tl.gather, in registers), valid for the tile's
-        first STEP = BT - W + 1 rows: tiles overlap by W - 1 rows and du is never stored. With a state the first tile starts
-        at row 1 - W: dx there is the state's gradient ds. Tap j of dw gains sum_t du[t] x[t-(W-1)+j] over the tile's own
-        rows, per row, summed once per program into dw_part (summed by the caller). dx: a column slice (sdb, sdt)."""
-        i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-        D, c, lane, j = 2 * H * K + H * V, i_d * K + tl.arange(0, K), tl.arange(0, BT), tl.arange(0, BW)[:, None, None]
-        on = (j < W) & (c < D)[None, None, :]
-        w_j = tl.load(w + c[None, None, :] * W + j, mask=on, other=0.0).to(tl.float32)  # tap j meets row t - (W-1) + j
-        dw, dwf = tl.zeros((BW, 1 if DW_TILE else BT, K), tl.float32), tl.zeros((BW, K), tl.float32)
-        pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
-        for i_t in range(i_s * TILES, (i_s + 1) * TILES):
-            rows = i_t * STEP - (BT - STEP) * HAS_STATE + lane
-            if W == 0:
-                u = _conv_input(x, s0, i_b, rows[:, None], c[None, :], T, sxb, sxt, D, 1, False)
-            elif FLAT:
-                u = tl.zeros((BT, K), tl.float32)
-                for jj in tl.static_range(W):
-                    u += _conv_input(x, s0, i_b, (rows - (W - 1) + jj)[:, None], c[None, :], T, sxb, sxt, D, W, HAS_STATE) * tl.load(w + c * W + jj, mask=c < D, other=0.0).to(tl.float32)[None, :]
-            else:
-                xs = _conv_input(x, s0, i_b, rows[None, :, None] + j - (W - 1), c[None, None, :], T, sxb, sxt, D, W, HAS_STATE)
-                u = tl.sum(xs * w_j, 0)
-            sig, m = tl.sigmoid(u), ((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :]
-            y, oq, ov = u * sig, rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
-            if i_d < H:  # (loads stay in per-tensor branches: a pointer chosen by branch made it slower)
+        if BACKWARD:  # (loads and stores stay in per-tensor branches: a pointer chosen by branch made it slower)
+            if i_d < H:
                 g = tl.load(pq + oq, mask=m, other=0.0).to(tl.float32)
             elif i_d < 2 * H:
                 g = tl.load(pk + oq, mask=m, other=0.0).to(tl.float32)
@@ -509,73 +477,77 @@ if triton is not None:
             if i_d < 2 * H:  # through the L2 norm: (g - n (n . g)) / |y| with n = y / |y|
                 rstd = tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
                 g = (g - y * rstd * tl.sum(y * rstd * g, 1)[:, None]) * rstd
-            du = g * sig * (1 + u * (1 - sig))  # 0 outside rows 0 .. T - 1, where g is
-            acc = du
-            if W > 0 and FLAT:
-                dut = tl.where((lane < STEP)[:, None], du, 0.0)
-                for jj in tl.static_range(W):
-                    xj = _conv_input(x, s0, i_b, (rows - (W - 1) + jj)[:, None], c[None, :], T, sxb, sxt, D, W, HAS_STATE)
-                    dwf += tl.where(tl.arange(0, BW)[:, None] == jj, tl.sum(dut * xj, 0)[None, :], 0.0)
-            elif W > 0 and DW_TILE:
-                dw += tl.sum(tl.where((lane < STEP)[None, :, None], du[None, :, :], 0.0) * xs, 1, keep_dims=True)
-            elif W > 0:
-                dw += tl.where((lane < STEP)[None, :, None], du[None, :, :], 0.0) * xs
-            if W > 0 and SHIFT_DOT:
-                col = tl.arange(0, BW * BT)
-                S = tl.where(((col % BT)[None, :] == lane[:, None] + (col // BT)[None, :]) & ((col // BT) < W)[None, :], 1.0, 0.0)
-                w_rev = tl.load(w + c[None, None, :] * W + (W - 1 - j), mask=on, other=0.0).to(tl.float32)
-                acc = tl.dot(S.to(x.dtype.element_ty), tl.reshape(du[None, :, :] * w_rev, (BW * BT, K)).to(x.dtype.element_ty), input_precision="ieee")
-            elif W > 0:
-                acc = du * tl.load(w + c * W + (W - 1), mask=c < D, other=0.0).to(tl.float32)[None, :]
-                for sh in tl.static_range(1, W):
-                    nxt = tl.broadcast_to(tl.minimum(lane + sh, BT - 1)[:, None], (BT, K))
-                    acc += tl.gather(du, nxt, 0) * tl.load(w + c * W + (W - 1 - sh), mask=c < D, other=0.0).to(tl.float32)[None, :]
-            own = (lane < STEP)[:, None] & (c < D)[None, :]
-            tl.store(dx + i_b * sdb + rows[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty),
-                     mask=own & ((rows >= 0) & (rows < T))[:, None])
-            if WANT_DSTATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
-                tl.store(ds + i_b * D * W + c[None, :] * W + (W + rows)[:, None], acc, mask=own & ((rows < 0) & (rows > -W))[:, None])
-        if W > 0:
-            part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
-            if FLAT:
-                tl.store(part + c[None, :] * W + tl.arange(0, BW)[:, None], dwf, mask=(tl.arange(0, BW)[:, None] < W) & (c < D)[None, :])
+            tl.store(du + i_b * sdb + rows[:, None] * sdt + c[None, :], (g * sig * (1 + u * (1 - sig))).to(
+                du.dtype.element_ty), mask=m)
+        else:
+            if i_d < 2 * H:
+                y = y * tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
+            if i_d < H:
+                tl.store(pq + oq, y.to(q.dtype.element_ty), mask=m)
+            elif i_d < 2 * H:
+                tl.store(pk + oq, y.to(k.dtype.element_ty), mask=m)
             else:
-                tl.store(part + c[None, None, :] * W + j, tl.sum(dw, 1)[:, None, :], mask=on)
+                tl.store(pv + ov, y.to(v.dtype.element_ty), mask=m)
+    @triton.jit
+    def short_conv_dx_kernel(du, x, w, s0, dx, ds, dw_part, T, sxb, sxt, sdb, sdt, D, TILES: tl.constexpr, W: tl.constexpr,
+                             BW: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_STATE: tl.constexpr, WANT_DSTATE: tl.constexpr):
+        """Input t feeds pre-activations t .. t + W - 1 through taps W - 1 .. 0: dx[t] = sum_m w[W-1-m] du[t+m], tap W-1-m
+        of dw gains sum_t du[t+m] x[t]. TILES row tiles per program (+1 of carried rows < 0 for the first with a state:
+        their dx is the state's gradient ds); dw goes to dw_part, summed by the caller. dx: a column slice (sdb, sdt). The W
+        shifted du tiles load as one block, and dw is summed over rows once per program, not per tap and tile."""
+        i_d, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+        c, m = i_d * BD + tl.arange(0, BD), tl.arange(0, BW)[:, None, None]  # shift m: du row t + m meets tap W-1-m
+        on = (m < W) & (c < D)[None, None, :]
+        w_m = tl.load(w + c[None, None, :] * W + (W - 1 - m), mask=on, other=0.0).to(tl.float32)
+        dw = tl.zeros((BW, BT, BD), tl.float32)  # dw's products per row, summed over rows once, at the end
+        for i_t in range(i_s * TILES - (i_s == 0).to(tl.int32) * HAS_STATE, (i_s + 1) * TILES):
+            rows = i_t * BT + tl.arange(0, BT)
+            xs, r = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, W, HAS_STATE), rows[None, :, None] + m
+            g = tl.load(du + i_b * T * D + r * D + c[None, None, :], mask=on & (r >= 0) & (r < T), other=0.0).to(tl.float32)
+            acc, dw = tl.sum(g * w_m, 0), dw + g * xs[None, :, :]
+            tl.store(dx + i_b * sdb + rows[:, None] * sdt + c[None, :], acc.to(dx.dtype.element_ty),
+                     mask=((rows >= 0) & (rows < T))[:, None] & (c < D)[None, :])
+            if WANT_DSTATE:  # state slot W + r holds the input at row r, for 1 - W <= r < 0
+                tl.store(ds + i_b * D * W + c[None, :] * W + (W + rows)[:, None], acc, mask=((rows < 0) & (rows > -W))[:, None] & (c < D)[None, :])
+        part = dw_part + (i_b * tl.num_programs(1) + i_s) * D * W
+        tl.store(part + c[None, None, :] * W + (W - 1 - m), tl.sum(dw, 1)[:, None, :], mask=on)
 
 class ShortConv:
     """Causal conv + SiLU over q|k|v and each q and k head's L2 norm in one pass, into contiguous [B, T, heads, dim] q, k,
-    v for FLA; the backward is one pass too, recomputing the pre-activation and its gradient from x (nothing saved)."""
-    ROWS, WARPS, BWD_ROWS, BWD_TILES, BWD_WARPS = 32, 1, 32, 8, 4  # on an H200: scripts/short_conv_bench.py
-    SHIFT_DOT, DW_TILE, FLAT = False, False, False
+    v for FLA; the backward recomputes the pre-activation (a pass to its gradient du, one from du to dx, dw)."""
+    ROWS, WARPS, DU_ROWS, DU_WARPS, DX_ROWS, DX_TILES, DX_WARPS = 32, 1, 32, 2, 32, 8, 2  # on an H200: scripts/short_conv_bench.py
+    @staticmethod
+    def conv_pass(x, weight, state, dims, qkv, du=None, k2=None):  # forward, or (given du) backward to du
+        (B, T, D), (H, K, V), W, state = x.shape, dims, weight.shape[1], state if weight.shape[1] else None
+        rows, warps = (ShortConv.ROWS, ShortConv.WARPS) if du is None else (ShortConv.DU_ROWS, ShortConv.DU_WARPS)
+        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, rows), B)](
+            x, weight if W else x, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du,
+            T, x.stride(0), x.stride(1), *(x if du is None else du).stride()[:2], H=H, K=K, V=V, W=W,
+            BT=rows, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None, num_warps=warps)
     @staticmethod
     def forward(x, weight, state, dims):
         """x [B, T, q|k|v] (rows may be strided), weight [q|k|v, W], state None or [B, q|k|v, W] -> q, k, v."""
-        (B, T, D), (H, K, V), W = x.shape, dims, weight.shape[1]
+        (B, T, _), (H, K, V) = x.shape, dims
         if K & (K - 1) or K < 16 or x.stride(2) != 1:
             raise ValueError(f"model.gdn_head_dim={K}: the Triton short conv needs a power of two >= 16 (and x.stride(2) == 1)")
-        q, k, v = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
-        state = state if W else None
-        short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, ShortConv.ROWS), B)](
-            x, weight if W else x, x if state is None else state, q, k, v, T, x.stride(0), x.stride(1), H=H, K=K, V=V,
-            W=W, BT=ShortConv.ROWS, HAS_STATE=state is not None, num_warps=ShortConv.WARPS)
-        return q, k, v
+        qkv = x.new_empty(B, T, H, K), x.new_empty(B, T, H, K), x.new_empty(B, T, H, V)
+        ShortConv.conv_pass(x, weight, state, dims, qkv)
+        return qkv
     @staticmethod
     def backward(x, weight, state, dims, grads, dx, want_dstate: bool, dk2=None):
         """Gradients of q, k (+ dk2), v -> dx, written into the given tensor or column slice; returns dweight, dstate."""
-        (B, T, D), (H, K, V), W, (rows, tiles) = x.shape, dims, weight.shape[1], (ShortConv.BWD_ROWS, ShortConv.BWD_TILES)
-        if rows < W:
-            raise ValueError(f"ShortConv.BWD_ROWS={rows}: a backward tile needs at least conv_size={W} rows")
+        (B, T, D), W, (rows, tiles) = x.shape, weight.shape[1], (ShortConv.DX_ROWS, ShortConv.DX_TILES)
+        du, grads = dx if W == 0 else x.new_empty(B, T, D), [g.contiguous() for g in grads]  # no conv: du is dx
+        ShortConv.conv_pass(x, weight, state, dims, grads, du, None if dk2 is None else dk2.contiguous())
         dstate = x.new_zeros(B, D, W, dtype=torch.float32) if state is not None and want_dstate else None  # slot 0: 0
-        carried = state if W else None  # W = 0: a state of width 0, nothing carried
-        step = rows - max(W - 1, 0)
-        splits = triton.cdiv(triton.cdiv(T + rows - step if carried is not None else T, step), tiles)
+        if W == 0:
+            return torch.zeros_like(weight), None if dstate is None else dstate.to(state.dtype)
+        splits = triton.cdiv(triton.cdiv(T, rows), tiles)
         dw_part = torch.empty(B * splits, D, W, device=x.device, dtype=torch.float32)
-        short_conv_bwd_kernel[(triton.cdiv(D, K), splits, B)](
-            x, weight if W else x, x if carried is None else carried, *[g.contiguous() for g in grads], x if dk2 is None else
-            dk2.contiguous(), dx, dw_part if dstate is None else dstate, dw_part, T, x.stride(0), x.stride(1),
-            dx.stride(0), dx.stride(1), H=H, K=K, V=V, W=W, BW=max(triton.next_power_of_2(W), 1), BT=rows, STEP=step,
-            TILES=tiles, HAS_STATE=carried is not None, WANT_DSTATE=carried is not None and dstate is not None,
-            HAS_K2=dk2 is not None, num_warps=ShortConv.BWD_WARPS, SHIFT_DOT=ShortConv.SHIFT_DOT, DW_TILE=ShortConv.DW_TILE, FLAT=ShortConv.FLAT)
+        short_conv_dx_kernel[(triton.cdiv(D, 64), splits, B)](
+            du, x, weight, x if state is None else state, dx, dw_part if dstate is None else dstate, dw_part, T,
+            x.stride(0), x.stride(1), dx.stride(0), dx.stride(1), D, TILES=tiles, W=W, BW=triton.next_power_of_2(W),
+            BT=rows, BD=64, HAS_STATE=state is not None, WANT_DSTATE=dstate is not None, num_warps=ShortConv.DX_WARPS)
         return dw_part.sum(0).to(weight.dtype), None if dstate is None else dstate.to(state.dtype)
 
 def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, chunk_size: int = 64):

@@ -55,9 +55,9 @@ def main() -> None:
     names, state = ",".join(SHORT_CONV_TILES).lower(), torch.randn(B, D, W, device="cuda")
     best = (float("inf"), tuple(getattr(tg.ShortConv, n) for n in SHORT_CONV_TILES))
     rows_warps = [(rows, warps) for rows in (16, 32, 64, 128) for warps in (1, 2, 4, 8)]
-    bwd_settings = [(32, 8, 4), (32, 8, 2), (64, 4, 4), (64, 4, 8), (32, 16, 4), (16, 16, 2), (128, 2, 8), (64, 1, 4)]
-    # one pass at a time (forward, backward), the other at the best setting so far; the default first
-    for part, options in [(slice(0, 0), [()]), (slice(0, 2), rows_warps), (slice(2, 5), bwd_settings)]:
+    dx_settings = [(32, 8, 2), (64, 4, 4), (32, 16, 4), (16, 16, 2), (128, 2, 4), (64, 1, 4), (128, 1, 8), (32, 2, 2)]
+    # one pass at a time (forward, du pass, dx pass), the others at the best setting so far; the default first
+    for part, options in [(slice(0, 0), [()]), (slice(0, 2), rows_warps), (slice(2, 4), rows_warps), (slice(4, 7), dx_settings)]:
         for option in options:
             setting = list(best[1])
             setting[part] = option

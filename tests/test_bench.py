@@ -81,10 +81,11 @@ def test_bench_rejects_a_baseline_that_is_not_run():
 
 
 def test_bench_rejects_a_malformed_short_conv_tile_setting():
-    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--short-conv-tiles", "64,32,8,2,2,1"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--short-conv-tiles", "64,32,8,2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "--short-conv-tiles '64,32,8,2,2,1': expected 5 positive integers ROWS,WARPS,BWD_ROWS,BWD_TILES,BWD_WARPS" in proc.stderr
+    assert ("--short-conv-tiles '64,32,8,2': expected 7 positive integers ROWS,WARPS,DU_ROWS,DU_WARPS,DX_ROWS,DX_TILES,"
+            "DX_WARPS" in proc.stderr)
 
 
 def test_bench_inductor_settings_parse_and_reject_unknown_keys():
@@ -178,6 +179,6 @@ def test_load_train_gpt_copy_imports_another_version_beside_this_one(tmp_path):
     shutil.copy(ROOT / "train_gpt.py", copy)
     other = bench.load_train_gpt_copy(copy, "test_copied_train_gpt")
     assert other.__file__ == str(copy) and other.ShortConv is not tg.ShortConv
-    assert other.ShortConv.BWD_ROWS == tg.ShortConv.BWD_ROWS
+    assert other.ShortConv.DX_ROWS == tg.ShortConv.DX_ROWS
     with pytest.raises(ValueError, match="notes.txt: cannot be imported"):
         bench.load_train_gpt_copy(tmp_path / "notes.txt")

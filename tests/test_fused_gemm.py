@@ -64,7 +64,7 @@ class Recorder:  # stands in for a @triton.jit kernel: records what its launcher
         self.fn = fn
     def __getitem__(self, grid):
         return lambda *args, **kwargs: launched.append((self.fn, args, kwargs))
-for name in ("relu2_mm_kernel", "short_conv_kernel", "short_conv_bwd_kernel"):
+for name in ("relu2_mm_kernel", "short_conv_kernel", "short_conv_dx_kernel"):
     setattr(tg, name, Recorder(getattr(tg, name)))
 bf16, H, K = torch.bfloat16, 8, 64
 tg.relu2_mm(torch.randn(1024, 512, dtype=bf16), torch.randn(1536, 512, dtype=bf16))
@@ -113,9 +113,11 @@ def test_every_triton_kernel_compiles_for_an_h100():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     kernels = {(r["kernel"], r["constexprs"].get("BACKWARD")) for r in report}
-    assert kernels == {("relu2_mm_kernel", False), ("relu2_mm_kernel", True), ("short_conv_kernel", None),
-                       ("short_conv_bwd_kernel", None)}, (triton.__version__, kernels)
+    assert kernels == {("relu2_mm_kernel", False), ("relu2_mm_kernel", True), ("short_conv_kernel", False),
+                       ("short_conv_kernel", True), ("short_conv_dx_kernel", None)}, (triton.__version__, kernels)
     for r in report:
         assert r["ptxas_rc"] == 0 and r["shared"] <= 227 * 1024, r
         spilled = sum(int(s.split("bytes spill stores")[0].split(",")[-1]) for s in r["spills"])
-        assert spilled <= 16, r  # a register blow-up spills hundreds to thousands of bytes
+        # A register blow-up spills thousands of bytes (the dx kernel at 64 rows and 2 warps: 8,984). The dx kernel
+        # spills 572 at its default tiles and is faster there than at the spill-free ones (docs/perf.md run ID).
+        assert spilled <= (600 if r["kernel"] == "short_conv_dx_kernel" else 16), r

@@ -47,7 +47,7 @@ def gdn_pair(kernel: str, seed: int = 0, **overrides):
 def test_short_conv_kernel_matches_torch(T, with_state, W):
     """The fused Triton short conv (bf16 in and out, strided input) against the fp32 torch reference: q, k, v and
     the gradients of the input, the conv weight and the carried state (W=1: model.conv_size=1, a state gradient of 0;
-    W=0: model.conv_size=0, SiLU only, no tap to shift)."""
+    W=0: model.conv_size=0, SiLU only, the input's gradient written by the du pass)."""
     torch.manual_seed(T)
     H, K, V = 8, 64, 64
     D = 2 * H * K + H * V

@@ -41,7 +41,7 @@ for B, T, H, K, V, with_state, W in json.loads(sys.argv[1]):
     for name, a, b in zip(["dx", "dw", "dstate"], [dx_parts, *parts], [dx_whole, *whole]):
         if b is not None:
             errors[f"{B}x{T} H{H} K{K} V{V} W{W} state={with_state} dk in two parts: {name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # W=1: a state gradient of 0
-    # dx into a column slice of a wider tensor, as gdn_core_bwd writes dP (W = 0 too: dx is du, written strided)
+    # dx into a column slice of a wider tensor, as gdn_core_bwd writes dP (W = 0: the du pass writes it, strided)
     wide = torch.full((B, T, D + 5), 7.0)
     tg.ShortConv.backward(x, w, state, (H, K, V), grads, wide[..., :D], True)
     errors[f"{B}x{T} H{H} K{K} V{V} W{W} state={with_state} dx into a column slice"] = max(
