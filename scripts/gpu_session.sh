@@ -6,7 +6,8 @@
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   ablations        bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid with and without the short conv
 #                    (model.conv_size=0) and the output gate (model.gdn_output_gate=false), then attention
-#   table            bench.py: gdn_hybrid, gdn_hybrid_lean and attention at 2048, 4096 and 8192 in one process (issue 7's table)
+#   table            bench.py: gdn_hybrid, gdn_hybrid_lean and attention at 2048, 4096 and 8192 in one process, timed
+#                    interleaved in 3 rounds (issue 7's table)
 #   norm             the GDN output norm alone in its formulations (scripts/gdn_out_norm_bench.py), then a lean profile at
 #                    8192: the output norm should be one inductor kernel per layer (docs/perf.md runs BC-BE)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
@@ -14,6 +15,7 @@
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
+#   qwen-check       frozen_context.py's built-in checks on the tiny Qwen3.5 default, on CUDA (the image's transformers)
 #   equiv            (nvidia-h200-x2) 50 steps of the 8-GPU recipe on 2 GPUs vs 1 GPU with 8x accumulation
 # Console lines pass grep line by line and long steps keep their whole log under $OUT, so a call cut at the device
 # tool's time limit still returns what it did.
@@ -55,8 +57,8 @@ for step in "$@"; do
         python3 bench.py --presets attention --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_attention_$seq.json \
           2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
       done ;;
-    table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens 2048 4096 8192 --steps 15 --warmup 3 \
-             --out $OUT/bench_table.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+    table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens 2048 4096 8192 --steps 10 --warmup 3 \
+             --interleave 3 --out $OUT/bench_table.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     norm) python3 scripts/gdn_out_norm_bench.py 2>&1 | grep --line-buffered -E "^(gdn_out_norm| )|Error"
           python3 bench.py --presets gdn_hybrid_lean --seq-lens 8192 --steps 15 --warmup 3 --profile-dir $OUT 2>&1 \
             | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
@@ -82,6 +84,8 @@ for step in "$@"; do
             --intermediate 6144 --heads 8 --kv-heads 2 --head-dim 256 --linear-heads 16 --linear-v-heads 16 \
             --linear-head-dim 128 --vocab 248320 --context 4096 --decision 256 --gdn-decay-init mamba \
             --out $OUT/qwen_tiers.json > $OUT/qwen.log 2>&1; tail -n 40 $OUT/qwen.log ;;
+    qwen-check) python3 frozen_context.py --arch qwen3_5 --device cuda > $OUT/qwen_check.log 2>&1
+                tail -n 30 $OUT/qwen_check.log ;;
     equiv) wait $build
       common="model=gdn_hybrid data=$DATA budget=8xh100_steps train.max_steps=50 train.log_every=1 export=none"
       torchrun --standalone --nproc_per_node=1 train_gpt.py $common run.log_dir=/tmp/runs run.run_id=equiv_1gpu \
