@@ -102,12 +102,9 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 
 def load_script(name: str) -> types.ModuleType:
-    """A component script of scripts/ (e.g. kkt_solve_explore) imported as a module, for its kernels."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "scripts", name + ".py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+    """A component script of scripts/ (e.g. kkt_solve_explore) imported as a module once, for its kernels."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", name + ".py")
+    return sys.modules.get(name) or import_file(path, name)
 
 
 # The variant gdn_core=kkt_substitution: train_gpt's GDN op pair with FLA's fused kkt solve (its intra-chunk forward's
@@ -164,15 +161,20 @@ MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager"
 SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
 
 
-def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType:
-    """Another version of train_gpt.py (an older commit's copy), imported beside this one under `name`, so that the
-    component scripts can time its kernels in the same process."""
+def import_file(path, name: str) -> types.ModuleType:
+    """The Python file at `path` imported as module `name` (registered in sys.modules)."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
-        raise ValueError(f"{path}: cannot be imported as a Python file (expected a copy of train_gpt.py)")
+        raise ValueError(f"{path}: cannot be imported as a Python file (expected a copy of train_gpt.py or a script)")
     module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType:
+    """Another version of train_gpt.py (an older commit's copy), imported beside this one under `name`, so that the
+    component scripts can time its kernels in the same process."""
+    return import_file(path, name)
 
 
 def set_short_conv_tiles(setting) -> None:
