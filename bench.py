@@ -101,57 +101,7 @@ def fla_function_core(self, P, state, want_state):
 graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 
-def load_script(name: str) -> types.ModuleType:
-    """A component script of scripts/ (e.g. kkt_solve_explore) imported as a module once, for its kernels."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", name + ".py")
-    return sys.modules.get(name) or import_file(path, name)
-
-
-# The variant gdn_core=kkt_substitution: train_gpt's GDN op pair with FLA's fused kkt solve (its intra-chunk forward's
-# first step) swapped for scripts/kkt_solve_explore.py's substitution kernel at FLA's tf32 precision and 1 warp (docs/perf.md
-# run HD: 184 us a layer call against FLA's 273 with its zero-fill), to time the whole step side by side. The forward
-# op runs train_gpt's with FLA's intra-chunk function swapped while it runs; the backward is train_gpt's.
-def substitution_fwd_intra(k, v, g, beta, chunk_size: int = 64):
-    """FLA's chunk_gated_delta_rule_fwd_intra (A, then w and u by FLA's recompute_w_u) with the substitution kkt solve."""
-    if chunk_size != 64 or beta.shape != k.shape[:3]:
-        raise ValueError(f"gdn_core=kkt_substitution: needs chunks of 64 and as many value heads as key heads, got "
-                         f"chunk_size={chunk_size}, k {tuple(k.shape)}, beta {tuple(beta.shape)}")
-    A = load_script("kkt_solve_explore").kkt_solve(k, g, beta, "substitution", "tf32", num_warps=1)
-    w, u = tg.fla_kernels()[5].recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, g=g)
-    return w, u, A
-
-
-@torch.library.custom_op(f"gdn_{__name__.replace('.', '_')}::kkt_core_fwd",  # per import name, as train_gpt's ops
-                         mutates_args=(), tags=[torch.Tag.flexible_layout])
-def kkt_core_fwd(P: torch.Tensor, conv_weight: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor,
-                 conv_state: torch.Tensor | None, S0: torch.Tensor | None, H: int, K: int, V: int, C: int,
-                 want_state: bool) -> list[torch.Tensor]:
-    chunk_fwd = tg.fla_kernels()[3]
-    fla_intra, chunk_fwd.chunk_gated_delta_rule_fwd_intra = chunk_fwd.chunk_gated_delta_rule_fwd_intra, substitution_fwd_intra
-    try:
-        return tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state)
-    finally:
-        chunk_fwd.chunk_gated_delta_rule_fwd_intra = fla_intra
-
-
-@kkt_core_fwd.register_fake
-def _(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state):
-    return tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state)  # its fake
-
-
-kkt_core_fwd.register_autograd(tg.gdn_core_backward, setup_context=tg.gdn_core_setup)
-
-
-def kkt_substitution_core(self, P, state, want_state):
-    """GatedDeltaNet.core's FLA path through kkt_core_fwd."""
-    (H, K, Vh), (conv_state, S0) = (self.H, self.K, self.Vh), state if state is not None else (None, None)
-    conv_weight = self.conv_weight()
-    o, S = kkt_core_fwd(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, self.chunk_size, want_state)[:2]
-    return o, tg.conv_tail(P[..., :-2 * H], conv_state, conv_weight.shape[1]) if want_state else None, S
-
-
-CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core,
-                 "kkt_substitution": kkt_substitution_core}
+CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
 # The variant muon_ns=launched: Muon's Newton-Schulz compiled without CUDA graphs (its kernels launched one by one, as
 # before the trainer captured them); muon_ns=eager: not compiled at all.
@@ -161,20 +111,15 @@ MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager"
 SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
 
 
-def import_file(path, name: str) -> types.ModuleType:
-    """The Python file at `path` imported as module `name` (registered in sys.modules)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None:
-        raise ValueError(f"{path}: cannot be imported as a Python file (expected a copy of train_gpt.py or a script)")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_train_gpt_copy(path, name: str = "other_train_gpt") -> types.ModuleType:
     """Another version of train_gpt.py (an older commit's copy), imported beside this one under `name`, so that the
     component scripts can time its kernels in the same process."""
-    return import_file(path, name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise ValueError(f"{path}: cannot be imported as a Python file (expected a copy of train_gpt.py)")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def set_short_conv_tiles(setting) -> None:

@@ -17,7 +17,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-KERNELS = ["fla", "fla_function", "kkt_substitution"]  # train_gpt's path (the gdn_core_fwd op), bench.py's earlier path and candidate
+KERNELS = ["fla", "fla_function"]  # train_gpt's path (the gdn_core_fwd op), then bench.py's earlier path
 
 
 def use_kernel(module, kernel: str) -> None:
@@ -66,13 +66,10 @@ def test_short_conv_kernel_matches_torch(T, with_state, W):
         assert rel_err(fused, ref) < 1e-2 if ref.abs().sum() > 0 else fused.abs().sum() == 0, name
 
 
-@pytest.mark.parametrize("core_fwd", ["train_gpt", "kkt_substitution"])
 @pytest.mark.parametrize("with_state,W", [(False, 4), (True, 4), (True, 0)])
-def test_gdn_core_op_passes_opcheck(with_state, W, core_fwd):
-    """torch.library.opcheck on the forward and backward ops (the forward train_gpt's, or bench.py's gdn_core=kkt_substitution
-    op): the fake functions match the real outputs (shapes, dtypes, strides), the autograd registration is sound, and
-    AOT compilation (dynamic shapes) matches eager."""
-    core_fwd = tg.gdn_core_fwd if core_fwd == "train_gpt" else bench.kkt_core_fwd
+def test_gdn_core_op_passes_opcheck(with_state, W):
+    """torch.library.opcheck on the forward and backward ops: the fake functions match the real outputs (shapes,
+    dtypes, strides), the autograd registration is sound, and AOT compilation (dynamic shapes) matches eager."""
     pytest.importorskip("fla")
     torch.manual_seed(3)
     H, K, V, B, T = 8, 64, 64, 2, 200
@@ -83,9 +80,9 @@ def test_gdn_core_op_passes_opcheck(with_state, W, core_fwd):
     conv_state = (torch.randn(B, D, W, device="cuda") * 0.5).bfloat16().requires_grad_() if with_state else None
     S0 = (torch.randn(B, H, K, V, device="cuda") * 0.1).requires_grad_() if with_state else None
     args = (P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, 64, with_state)
-    torch.library.opcheck(core_fwd, args)
+    torch.library.opcheck(tg.gdn_core_fwd, args)
     with torch.no_grad():
-        saved = core_fwd(*args)[2:]
+        saved = tg.gdn_core_fwd(*args)[2:]
     do, dS = torch.randn(B, T, H, V, device="cuda").bfloat16(), torch.randn(B, H, K, V, device="cuda") if with_state else None
     kept = [P.detach(), conv_weight.detach(), A_log.detach(), dt_bias.detach(), *saved]
     torch.library.opcheck(tg.gdn_core_bwd, (do, dS, kept, None if conv_state is None else conv_state.detach(),
@@ -186,8 +183,7 @@ def test_fused_mlp_matches_torch(M, D, hidden):
 
 
 @pytest.mark.parametrize("preset,kernel,mode", [("gdn_hybrid", "fla", "whole"), ("gdn_hybrid", "fla", "regions"),
-                                               ("gdn_hybrid", "fla_function", "regions"),
-                                               ("gdn_hybrid", "kkt_substitution", "whole"), ("attention", "fla", "whole")])
+                                               ("gdn_hybrid", "fla_function", "regions"), ("attention", "fla", "whole")])
 def test_full_model_compiled_fla_matches_eager_torch(preset, kernel, mode):
     """The whole model: compiled (train.compile=whole, the default on CUDA, or regions) + FLA + the fused MLP + bf16 (the training path) against eager torch kernels in fp32."""
     cfg = tg.load_config([f"model={preset}", "export=none"]).model
