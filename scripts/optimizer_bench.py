@@ -7,6 +7,11 @@ has queued all of it before the GPU starts: device time only, median of --reps) 
 earlier kernels are still queued.
 
     python scripts/optimizer_bench.py --preset gdn_hybrid_lean --seq-len 8192
+    python scripts/optimizer_bench.py --preset gdn_hybrid --seq-len 2048 --whole-step --sleep-ms 300
+
+--whole-step times the whole train_step instead: host time below its GPU time means the GPU never waits for the host
+in back-to-back steps. The sleep must outlast the host's issuing, or the host time includes waiting for a full launch
+queue; a host time near the sleep is flagged.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--tokens-per-step", type=int, default=98304)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--whole-step", action="store_true", help="time the whole train_step, not its tail's parts")
+    parser.add_argument("--sleep-ms", type=float, default=50.0, help="GPU sleep queued ahead of each timed call")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -52,13 +59,13 @@ def main() -> None:
     x, y = trainer.loader.next_batch()[0]
     with tg.autocast(d):
         trainer.model(x, y).backward()  # gradients to step on; the parts below do not clear them
-    parts = tail_parts(trainer)
+    parts = {"train_step": lambda: trainer.train_step(1.0, 0.95, False)} if args.whole_step else tail_parts(trainer)
     for name, fn in parts.items():
         gpu, host = [], []
         for _ in range(args.reps + 3):
             tg.synchronize(d)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(100_000_000)  # ~50 ms of GPU clock cycles
+            torch.cuda._sleep(int(2e6 * args.sleep_ms))  # ~2e6 GPU clock cycles a ms
             start.record()
             t0 = time.perf_counter()
             fn()
@@ -68,7 +75,11 @@ def main() -> None:
             gpu.append(start.elapsed_time(end))
         gpu_ms, host_ms = statistics.median(gpu[3:]), statistics.median(host[3:])
         print(f"optimizer_bench preset:{args.preset} seq_len:{args.seq_len} part:{name} gpu_ms:{gpu_ms:.3f} "
-              f"host_ms:{host_ms:.3f}", flush=True)
+              f"host_ms:{host_ms:.3f}" + (" host_near_sleep:raise --sleep-ms" if host_ms > 0.8 * args.sleep_ms else ""),
+              flush=True)
+    if args.whole_step:  # the same steps back to back, as bench.py times them: above gpu_ms is time the GPU waited
+        back_to_back = statistics.median(bench.cuda_times_ms(parts["train_step"], args.reps))
+        print(f"optimizer_bench preset:{args.preset} seq_len:{args.seq_len} back_to_back_ms:{back_to_back:.3f}", flush=True)
 
 
 if __name__ == "__main__":
