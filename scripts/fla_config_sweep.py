@@ -36,16 +36,19 @@ def space(meta: dict, warps=(2, 4, 8), stages=(1, 2, 3, 4)) -> list[triton.Confi
             for values in itertools.product(*meta.values()) for w in warps for s in stages]
 
 
+def core_inputs(B: int, T: int) -> tuple:
+    """Random inputs of the trainer's GDN op at one layer's shapes: P = [q|k|v|a|b], conv weight, A_log, dt_bias."""
+    torch.manual_seed(0)
+    P = torch.randn(B, T, 2 * H * K + H * V + 2 * H, device="cuda", dtype=torch.bfloat16)
+    conv_weight = torch.randn(2 * H * K + H * V, 4, device="cuda") * 0.5
+    return P, conv_weight, torch.rand(H, device="cuda").mul(15).add(1).log(), torch.full((H,), -3.0, device="cuda")
+
+
 def layer_inputs(B: int, T: int) -> dict:
     """One GDN layer's forward through the trainer's op, then the backward's intermediates as the trainer makes them
     (and u, which the trainer's forward does not keep, from FLA's recompute_w_u on the forward's A)."""
     chunk_delta_h, chunk_o, _, _, _, _, _ = tg.fla_kernels()
-    torch.manual_seed(0)
-    P = torch.randn(B, T, 2 * H * K + H * V + 2 * H, device="cuda", dtype=torch.bfloat16)
-    conv_weight = torch.randn(2 * H * K + H * V, 4, device="cuda") * 0.5
-    A_log, dt_bias = torch.rand(H, device="cuda").mul(15).add(1).log(), torch.full((H,), -3.0, device="cuda")
-    _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, None, None, H, K, V, C,
-                                                             False)
+    _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, C, False)
     do, scale = torch.randn_like(v) * 0.1, K ** -0.5
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dh, _, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=None, dht=None,

@@ -10,10 +10,12 @@ two streams (the GEMMs on the second). A gain here bounds what a two-stream back
 """
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
+
+from fla_config_sweep import C, H, K, SHAPES, V, core_inputs  # a sibling script; it puts the repo root on sys.path
+from bench import interleaved_times_ms, spread_us  # noqa: E402 (needs the root that fla_config_sweep added)
+import train_gpt as tg  # noqa: E402
 
 
 def gemm_set(M: int, D: int, hidden: int, proj_out: int, dtype=torch.bfloat16) -> list:
@@ -28,20 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import interleaved_times_ms, spread_us
-    from fla_config_sweep import C, H, K, SHAPES, V
-    import train_gpt as tg
     side = torch.cuda.Stream()
     for B, T in SHAPES:
-        torch.manual_seed(0)
-        P = torch.randn(B, T, 2 * H * K + H * V + 2 * H, device="cuda", dtype=torch.bfloat16)
-        conv_weight = torch.randn(2 * H * K + H * V, 4, device="cuda") * 0.5
-        A_log, dt_bias = torch.rand(H, device="cuda").mul(15).add(1).log(), torch.full((H,), -3.0, device="cuda")
-        out = tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, None, None, H, K, V, C, False)
-        saved, do = [P, conv_weight, A_log, dt_bias, *out[2:]], torch.randn_like(out[0]) * 0.1
-        pairs = gemm_set(B * T, 512, 2048, P.shape[-1])
+        inputs = core_inputs(B, T)
+        out = tg.gdn_core_fwd(*inputs, None, None, H, K, V, C, False)
+        saved, do = [*inputs, *out[2:]], torch.randn_like(out[0]) * 0.1
+        pairs = gemm_set(B * T, 512, 2048, inputs[0].shape[-1])
         gdn = lambda: tg.gdn_core_bwd(do, None, saved, None, None, H, K, V, C, False)  # noqa: E731
         gemms = lambda: [a.t() @ b for a, b in pairs]  # noqa: E731
 
