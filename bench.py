@@ -3,7 +3,8 @@
 Each case builds train_gpt's own Trainer (same modules, Muon + AdamW, EMA, torch.compile settings) on random tokens
 (or, with --train-files, real shards through the trainer's TrainLoader), runs warm-up steps (compilation,
 autotuning), then times `--steps` steps with CUDA events and reports the median: tok/s, ms/step, peak memory and
-MFU. Sequence lengths change at a fixed number of tokens per step.
+MFU, and on a GPU the SM clock, power draw and share of power-capped samples while the steps ran (nvidia-smi).
+Sequence lengths change at a fixed number of tokens per step.
 
     python bench.py                                   # gdn_hybrid, gdn_hybrid_lean, attention, pure_gdn x 2048/4096/8192
     python bench.py --presets gdn_hybrid --seq-lens 2048 --steps 30 --out bench.json
@@ -27,12 +28,14 @@ from __future__ import annotations
 import argparse
 import ast
 import bisect
+import contextlib
 import gzip
 import importlib.util
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -265,7 +268,8 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
     """One preset at one sequence length, built, warmed up and timed on its own; `extra` holds config overrides,
     `gdn_core=V`, `muon_ns=V` and `inductor.KEY=VALUE`."""
     case = prepare_case(preset, seq_len, tokens, warmup, extra, d, train_files)
-    times_ms = time_steps(case["trainer"], steps, d)
+    with gpu_sampling(d, case.setdefault("gpu_samples", [])):
+        times_ms = time_steps(case["trainer"], steps, d)
     return finish_case(case, times_ms, tokens, peak_tflops, profile_path, train_files)
 
 
@@ -334,6 +338,68 @@ def prepare_case(preset: str, seq_len: int, tokens: int, warmup: int, extra: lis
                 peak_mem_mib=tg.peak_memory_mib(d) - held_mib)
 
 
+GPU_QUERY = "clocks.sm,power.draw,power.limit,clocks_throttle_reasons.active"  # nvidia-smi fields (checked: run LD)
+POWER_CAP, SLOWDOWNS = 0x4, 0x8 | 0x20 | 0x40 | 0x80  # NVML clock-limit reasons: software power cap; HW and thermal
+
+
+def parse_gpu_samples(text: str) -> list[tuple]:
+    """nvidia-smi's `--format=csv,noheader,nounits` lines of GPU_QUERY -> (sm_mhz, power_w, power_limit_w, reasons);
+    a field the GPU does not report ([N/A]) is None."""
+    samples = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            mhz, watts, limit = (None if f.startswith("[") else float(f) for f in fields[:3])
+            samples.append((mhz, watts, limit, None if fields[3].startswith("[") else int(fields[3], 16)))
+        except ValueError:
+            raise ValueError(f"nvidia-smi --query-gpu={GPU_QUERY}: cannot read the line {line!r} (expected 4 "
+                             "comma-separated fields: MHz, W, W, hex reasons)") from None
+    return samples
+
+
+@contextlib.contextmanager
+def gpu_sampling(d: tg.Dist | None, samples: list, interval_ms: int = 100):
+    """The GPU's SM clock, power draw and clock-limit reasons sampled by nvidia-smi while the block runs (the timed
+    steps), appended to `samples`. On an H200 the anchor's step ran at the 700 W power cap with the SM clock pulled
+    down to ~1.8 of 1.98 GHz (docs/perf.md run LD): a kernel timed alone runs at the full clock, so its gain need not
+    show in the step. Nothing on CPU; without nvidia-smi a line says the rows carry no samples."""
+    if d is None or d.device.type != "cuda":
+        yield
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # nvidia-smi counts every GPU; torch only the visible ones
+    index = visible.split(",")[d.device.index or 0].strip() if visible else str(d.device.index or 0)
+    try:
+        proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits", "-lms",
+                                 str(interval_ms), "-i", index], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        print("bench gpu_sampling:off (no nvidia-smi on PATH: rows carry no clock or power samples)", flush=True)
+        yield
+        return
+    try:
+        yield
+    finally:
+        died = proc.poll()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        if died is not None:
+            raise RuntimeError(f"nvidia-smi -i {index} exited with {died} while sampling: {err.strip()[-500:]}")
+        samples += parse_gpu_samples(out)
+
+
+def summarize_gpu_samples(samples: list[tuple]) -> dict:
+    """Median SM clock and power draw over a case's samples, and the share of samples whose clock was held down by
+    the power cap (power_capped) or by a hardware or thermal slowdown."""
+    def median(i):
+        values = [s[i] for s in samples if s[i] is not None]
+        return statistics.median(values) if values else None
+    reasons = [s[3] for s in samples if s[3] is not None]
+    share = lambda bits: sum(bool(r & bits) for r in reasons) / len(reasons) if reasons else None  # noqa: E731
+    return dict(gpu_samples=len(samples), sm_mhz=median(0), power_w=median(1), power_limit_w=median(2),
+                power_capped=share(POWER_CAP), slowdown=share(SLOWDOWNS))
+
+
 def time_steps(trainer: tg.Trainer, steps: int, d: tg.Dist) -> list[float]:
     """Milliseconds of each of `steps` training steps: CUDA events on a GPU (one sync at the end), wall time on CPU."""
     if d.device.type == "cuda":
@@ -360,7 +426,7 @@ def finish_case(case: dict, times_ms: list[float], tokens: int, peak_tflops: flo
                 params=sum(p.numel() for p in trainer.model.parameters()), ms_per_step=ms,
                 ms_spread=[min(times_ms), max(times_ms)], warmup_s=case["warmup_s"], tok_per_s=tok_s,
                 peak_mem_mib=case["peak_mem_mib"], flops_per_token=flops,
-                mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12))
+                mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12), **summarize_gpu_samples(case.get("gpu_samples", [])))
 
 
 def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, steps: int, warmup: int, rounds: int,
@@ -378,7 +444,8 @@ def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, s
         round_ms: list[list[float]] = [[] for _ in cases]
         for _ in range(rounds):
             for i, case in enumerate(prepared):
-                step_ms = time_steps(case["trainer"], steps, d)
+                with gpu_sampling(d, case.setdefault("gpu_samples", [])):
+                    step_ms = time_steps(case["trainer"], steps, d)
                 times[i] += step_ms
                 round_ms[i].append(statistics.median(step_ms))
         rows = []
@@ -406,9 +473,11 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
 
 def report_row(r: dict) -> None:
     rounds = " round_ms:" + ",".join(f"{ms:.2f}" for ms in r["round_ms"]) if "round_ms" in r else ""
+    gpu = "".join(f" {k}:{'-' if r.get(k) is None else f'{r[k]:.2f}' if k in ('power_capped', 'slowdown') else f'{r[k]:.0f}'}"
+                  for k in ("gpu_samples", "sm_mhz", "power_w", "power_limit_w", "power_capped", "slowdown")) if r.get("gpu_samples") else ""
     print(f"bench preset:{r['preset']} seq_len:{r['seq_len']} variant:{r['variant'] or '-'} tokens:{r['tokens_from']} "
           f"tok/s:{r['tok_per_s']:.0f} ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} "
-          f"mfu:{100 * r['mfu']:.1f}% warmup_s:{r['warmup_s']:.1f}{rounds}", flush=True)
+          f"mfu:{100 * r['mfu']:.1f}% warmup_s:{r['warmup_s']:.1f}{rounds}{gpu}", flush=True)
 
 
 def release_compiled(d: tg.Dist) -> None:
@@ -483,12 +552,14 @@ def main() -> None:
         rows += group
     device = torch.cuda.get_device_name() if d.device.type == "cuda" else "CPU"
     add_ratios(rows, baseline)
-    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} |  ({device})\n"
-          f"|---|---|---|---|---|---|---|---|")
+    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} | SM MHz (power-capped) |  ({device})\n"
+          f"|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "-" if r["vs_baseline"] is None else f"{r['vs_baseline']:.3f}x"
+        clock = "-" if r.get("sm_mhz") is None else f"{r['sm_mhz']:.0f}" + (
+            "" if r.get("power_capped") is None else f" ({100 * r['power_capped']:.0f}%)")
         print(f"| {r['preset']} | {r['seq_len']} | {r['variant'] or '-'} | {r['tok_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
-              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} |")
+              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} | {clock} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, baseline=baseline, rows=rows), f, indent=1)

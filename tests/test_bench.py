@@ -1,11 +1,14 @@
 """bench.py on CPU, so that it cannot rot."""
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,3 +185,82 @@ def test_load_train_gpt_copy_imports_another_version_beside_this_one(tmp_path):
     assert other.ShortConv.DX_ROWS == tg.ShortConv.DX_ROWS
     with pytest.raises(ValueError, match="notes.txt: cannot be imported"):
         bench.load_train_gpt_copy(tmp_path / "notes.txt")
+
+
+FAKE_SMI = r'''#!/usr/bin/env python3
+"""A stand-in for nvidia-smi --query-gpu ... -lms N: records its arguments, prints lines until terminated."""
+import os, sys, time
+open(os.environ["FAKE_SMI_ARGS"], "w").write("\n".join(sys.argv[1:]))
+for line in os.environ["FAKE_SMI_LINES"].split(";"):
+    print(line, flush=True)
+if os.environ.get("FAKE_SMI_EXIT"):
+    sys.exit(int(os.environ["FAKE_SMI_EXIT"]))
+time.sleep(60)
+'''
+
+
+def fake_smi(monkeypatch, tmp_path, lines, exit_code=None):
+    path = tmp_path / "bin" / "nvidia-smi"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(FAKE_SMI)
+    path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{path.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SMI_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("FAKE_SMI_LINES", ";".join(lines))
+    if exit_code is not None:
+        monkeypatch.setenv("FAKE_SMI_EXIT", str(exit_code))
+    return tmp_path / "args"
+
+
+def sampler_started(args_file, settle_s: float = 0.5) -> None:
+    """Wait until the fake nvidia-smi has run (it writes its arguments first), then a little for its output."""
+    deadline = time.monotonic() + 60
+    while not args_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle_s)
+
+
+def test_gpu_sampling_reads_nvidia_smi_while_the_steps_run(monkeypatch, tmp_path):
+    """Run LD's nvidia-smi lines (an H200 at its 700 W cap, reasons 0x4) through a fake nvidia-smi on PATH: the samples,
+    their summary, the GPU index under CUDA_VISIBLE_DEVICES, and the query sent."""
+    import types
+    import bench
+    args = fake_smi(monkeypatch, tmp_path, ["1830, 690.65, 700.00, 0x0000000000000004",
+                                            "1980, 271.85, 700.00, 0x0000000000000000",
+                                            "1740, 687.59, 700.00, 0x0000000000000044", "345, [N/A], 700.00, [N/A]"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    samples = []
+    with bench.gpu_sampling(types.SimpleNamespace(device=torch.device("cuda", 1)), samples, interval_ms=50):
+        sampler_started(args)  # the steps
+    assert samples == [(1830.0, 690.65, 700.0, 4), (1980.0, 271.85, 700.0, 0), (1740.0, 687.59, 700.0, 0x44),
+                       (345.0, None, 700.0, None)]
+    assert args.read_text().split("\n") == [f"--query-gpu={bench.GPU_QUERY}", "--format=csv,noheader,nounits", "-lms",
+                                            "50", "-i", "5"]
+    summary = bench.summarize_gpu_samples(samples)
+    assert summary == dict(gpu_samples=4, sm_mhz=1785.0, power_w=687.59, power_limit_w=700.0,
+                           power_capped=pytest.approx(2 / 3), slowdown=pytest.approx(1 / 3))
+    assert bench.summarize_gpu_samples([]) == dict(gpu_samples=0, sm_mhz=None, power_w=None, power_limit_w=None,
+                                                   power_capped=None, slowdown=None)
+
+
+def test_gpu_sampling_reports_bad_output_a_dead_sampler_and_a_missing_one(monkeypatch, tmp_path, capsys):
+    import types
+    import bench
+    cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    args = fake_smi(monkeypatch, tmp_path, ["1830, 690.65 W, 700.00, 0x4"])
+    with pytest.raises(ValueError, match=r"cannot read the line '1830, 690.65 W, 700.00, 0x4'"):
+        with bench.gpu_sampling(cuda, []):
+            sampler_started(args)
+    args.unlink()
+    fake_smi(monkeypatch, tmp_path, ["No devices were found"], exit_code=6)
+    with pytest.raises(RuntimeError, match="nvidia-smi -i 0 exited with 6"):
+        with bench.gpu_sampling(cuda, []):
+            sampler_started(args, settle_s=2.0)  # it has exited by now
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    samples = []
+    with bench.gpu_sampling(cuda, samples):
+        pass
+    assert samples == [] and "bench gpu_sampling:off (no nvidia-smi on PATH" in capsys.readouterr().out
+    with bench.gpu_sampling(types.SimpleNamespace(device=torch.device("cpu")), samples):  # CPU: nothing sampled
+        pass
+    assert samples == []
