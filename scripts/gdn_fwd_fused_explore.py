@@ -121,13 +121,20 @@ def solved_chunks(k, beta, g, BT: int = 64):
 def gpu_main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shapes", nargs="+", default=[f"{B}x{T}" for B, T in SHAPES], help="batch x length")
+    parser.add_argument("--bv", nargs="+", type=int, default=[64, 32], help="V slice widths")
+    parser.add_argument("--warps", nargs="+", type=int, default=[4])
+    parser.add_argument("--stages", nargs="+", type=int, default=[2, 3])
     args = parser.parse_args()
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes if shape.count("x") == 1 and
+              shape.replace("x", "").isdigit()]
+    if len(shapes) != len(args.shapes):
+        parser.error(f"--shapes {' '.join(args.shapes)}: expected batch x length pairs such as 48x2048")
     chunk_delta_h, chunk_o, _, _, _, wy_fast, _ = tg.fla_kernels()
-    launches = [(bv, warps, stages) for bv in (64, 32) for warps in (4, 8) for stages in (1, 2)]
+    launches = [(bv, warps, stages) for bv in args.bv for warps in args.warps for stages in args.stages]
     summed = {}
-    for B, T in SHAPES:
-        P, conv_weight, A_log, dt_bias = core_inputs(B, T)
-        _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(P, conv_weight, A_log, dt_bias, None, None, H, K, V, C, False)
+    for B, T in shapes:
+        q, k, v, beta, g, A = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, C, False)[2:8]
         scale = K ** -0.5
 
         def fla():
