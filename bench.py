@@ -302,6 +302,21 @@ def interleaved_times_ms(calls: dict, rounds: int, reps: int = 30, warmup: int =
     return times
 
 
+def time_launches(calls: dict, rounds: int, prefix: str, label, summed: dict) -> None:
+    """The explore scripts' launch sweep at one shape: `calls` (FLA's kernel as "fla", then one per launch setting)
+    timed by interleaved_times_ms, each printed as '<prefix> <label(name)>: <spread>'; each launch's median is added to
+    `summed`, so that best_launch picks over all shapes."""
+    for name, ms in interleaved_times_ms(calls, rounds).items():
+        print(f"{prefix} {label(name)}: {spread_us(ms)}", flush=True)
+        if name != "fla":
+            summed[name] = summed.get(name, 0.0) + statistics.median(ms)
+
+
+def best_launch(summed: dict) -> str:
+    """The launch setting with the least summed median time, as a 'best_launch:a,b,c' line."""
+    return "best_launch:" + ",".join(map(str, min(summed, key=summed.get)))
+
+
 def spread_us(ms: list[float]) -> str:
     """A list of timings in ms as 'median M us (min A, max B)'."""
     return f"median {statistics.median(ms) * 1e3:.1f} us (min {min(ms) * 1e3:.1f}, max {max(ms) * 1e3:.1f})"
@@ -369,7 +384,8 @@ def gpu_sampling(d: tg.Dist | None, samples: list, interval_ms: int = 100):
         yield
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # nvidia-smi counts every GPU; torch only the visible ones
-    index = visible.split(",")[d.device.index or 0].strip() if visible else str(d.device.index or 0)
+    ordinal = d.device.index or 0
+    index = visible.split(",")[ordinal].strip() if visible else str(ordinal)
     try:
         proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits", "-lms",
                                  str(interval_ms), "-i", index], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -23,14 +23,13 @@ kernel-level times are taken at the full 1.98 GHz.
 The CPU test (tests/test_gdn_fwd_fused_explore.py) runs the kernel in Triton's interpreter against the trainer's torch
 reference of the gated delta rule."""
 import argparse
-import statistics
 
 import torch
 import triton
 import triton.language as tl
 
 from fla_config_sweep import C, H, K, SHAPES, V, core_inputs  # a sibling script; it puts the repo root on sys.path
-from bench import interleaved_times_ms, spread_us  # noqa: E402 (needs the root that fla_config_sweep added)
+from bench import best_launch, time_launches  # noqa: E402 (needs the root that fla_config_sweep added)
 import train_gpt as tg  # noqa: E402
 
 
@@ -150,13 +149,9 @@ def gpu_main() -> None:
             errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(out[:4], ref)]
             print(f"{B}x{T} fused BV={launch[0]} warps={launch[1]} stages={launch[2]}: max |fused - FLA| / max |FLA| "
                   f"for w h v_new o: " + " ".join(f"{e:.2e}" for e in errs), flush=True)
-        times = interleaved_times_ms({"fla": fla, **ours}, args.rounds)
-        for name, ms in times.items():
-            label = "FLA recompute_w_u + fwd_h + fwd_o" if name == "fla" else "fused BV={} warps={} stages={}".format(*name)
-            print(f"{B}x{T} {label}: {spread_us(ms)}", flush=True)
-        for launch in launches:
-            summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
-    print("best_launch:" + ",".join(map(str, min(summed, key=summed.get))))  # over all shapes
+        time_launches({"fla": fla, **ours}, args.rounds, f"{B}x{T}", lambda name: "FLA recompute_w_u + fwd_h + fwd_o"
+                      if name == "fla" else "fused BV={} warps={} stages={}".format(*name), summed)
+    print(best_launch(summed))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ best stable variant would save ~0.7 ms a step (8 layers), below what the full st
 stays out of train_gpt.py. The CPU test (tests/test_kkt_solve_explore.py) runs the kernel in Triton's interpreter against
 the fp64 reference."""
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -214,7 +213,7 @@ def gpu_main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import interleaved_times_ms, spread_us
+    from bench import best_launch, time_launches
     from fla_config_sweep import SHAPES, layer_inputs
     import train_gpt as tg
     wy_fast = tg.fla_kernels()[5]
@@ -234,13 +233,9 @@ def gpu_main() -> None:
             wu_err = [((o.float() - r.float()).abs().max() / r.float().abs().max()).item() for o, r in zip(wu, w_ref)]
             print(f"{B}x{T} {name}: max |A - fp64| / max |fp64| {err:.2e}; w, u against w, u from the rounded fp64 A: "
                   f"{wu_err[0]:.2e} {wu_err[1]:.2e}", flush=True)
-        times = interleaved_times_ms(calls, args.rounds)
-        for name, ms in times.items():
-            label = "FLA kkt_solve (zero-filled A)" if name == "fla" else f"kkt_solve {name[0]} precision={name[1]} warps={name[2]}"
-            print(f"{B}x{T} {label}: {spread_us(ms)}", flush=True)
-        for launch in launches:
-            summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
-    print("best_launch:" + ",".join(map(str, min(summed, key=summed.get))))  # over both shapes
+        time_launches(calls, args.rounds, f"{B}x{T}", lambda name: "FLA kkt_solve (zero-filled A)" if name == "fla"
+                      else f"kkt_solve {name[0]} precision={name[1]} warps={name[2]}", summed)
+    print(best_launch(summed))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ On an H200 (docs/perf.md, twentieth session) it ran 418 us against FLA's 466 and
 trainer's full step with it (and u kept) was no faster beyond the noise between processes, so it stays out of
 train_gpt.py. The CPU test (tests/test_wy_bwd_explore.py) runs the kernel in Triton's interpreter against torch autograd."""
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -161,7 +160,7 @@ def gpu_main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import interleaved_times_ms, spread_us
+    from bench import best_launch, time_launches
     from fla_config_sweep import SHAPES, layer_inputs
     import train_gpt as tg
     wy_fast, summed = tg.fla_kernels()[5], {}
@@ -177,14 +176,9 @@ def gpu_main() -> None:
             errs = [((o.float() - r).abs().max() / r.abs().max()).item() for o, r in zip(fn(), exact)]
             print(f"{B}x{T} {name}: max |out - fp32 reference| / max |reference| for dk dv dbeta dg: "
                   + " ".join(f"{e:.2e}" for e in errs), flush=True)
-        times = interleaved_times_ms({"fla": fla, **ours}, args.rounds)
-        for name, ms in times.items():
-            label = "FLA prepare_wy_repr_bwd" if name == "fla" else f"wy_bwd warps={name[0]} split={name[1]}"
-            print(f"{B}x{T} {label}: {spread_us(ms)}", flush=True)
-        for launch in ours:
-            summed[launch] = summed.get(launch, 0.0) + statistics.median(times[launch])
-    warps, split = min(summed, key=summed.get)  # over both shapes
-    print(f"best_launch:{warps},{split}")
+        time_launches({"fla": fla, **ours}, args.rounds, f"{B}x{T}", lambda name: "FLA prepare_wy_repr_bwd"
+                      if name == "fla" else f"wy_bwd warps={name[0]} split={name[1]}", summed)
+    print(best_launch(summed))
 
 
 if __name__ == "__main__":

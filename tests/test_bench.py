@@ -264,3 +264,21 @@ def test_gpu_sampling_reports_bad_output_a_dead_sampler_and_a_missing_one(monkey
     with bench.gpu_sampling(types.SimpleNamespace(device=torch.device("cpu")), samples):  # CPU: nothing sampled
         pass
     assert samples == []
+
+
+def test_time_launches_prints_each_call_and_sums_each_launch_over_shapes(monkeypatch, capsys):
+    """The explore scripts' sweep helper: FLA's row is printed but never a candidate; launches sum over shapes."""
+    import bench
+    rounds = iter([{"fla": [0.5, 0.7], (64, 4): [0.3, 0.4, 0.5], (32, 4): [0.2, 0.6, 0.6]},
+                   {"fla": [0.9], (64, 4): [0.1], (32, 4): [0.1]}])
+    monkeypatch.setattr(bench, "interleaved_times_ms", lambda calls, rounds_: next(rounds))
+    summed = {}
+    for prefix in ("48x2048", "12x8192"):
+        bench.time_launches({}, 3, prefix, lambda name: "FLA" if name == "fla" else "ours BV={} warps={}".format(*name), summed)
+    assert summed == pytest.approx({(64, 4): 0.5, (32, 4): 0.7})
+    assert bench.best_launch(summed) == "best_launch:64,4"
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["48x2048 FLA: median 600.0 us (min 500.0, max 700.0)",
+                       "48x2048 ours BV=64 warps=4: median 400.0 us (min 300.0, max 500.0)",
+                       "48x2048 ours BV=32 warps=4: median 600.0 us (min 200.0, max 600.0)"]
+    assert len(out) == 6
