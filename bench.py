@@ -3,7 +3,8 @@
 Each case builds train_gpt's own Trainer (same modules, Muon + AdamW, EMA, torch.compile settings) on random tokens
 (or, with --train-files, real shards through the trainer's TrainLoader), runs warm-up steps (compilation,
 autotuning), then times `--steps` steps with CUDA events and reports the median: tok/s, ms/step, peak memory and
-MFU, and on a GPU the SM clock, power draw and share of power-capped samples while the steps ran (nvidia-smi).
+MFU, and on a GPU the SM clock, power draw and share of power-capped samples while the steps ran (nvidia-smi), and the
+energy of a step from the GPU's energy counter (NVML, through nvidia-ml-py).
 Sequence lengths change at a fixed number of tokens per step.
 
     python bench.py                                   # gdn_hybrid, gdn_hybrid_lean, attention, pure_gdn x 2048/4096/8192
@@ -268,7 +269,7 @@ def bench_case(preset: str, seq_len: int, tokens: int, steps: int, warmup: int, 
     """One preset at one sequence length, built, warmed up and timed on its own; `extra` holds config overrides,
     `gdn_core=V`, `muon_ns=V` and `inductor.KEY=VALUE`."""
     case = prepare_case(preset, seq_len, tokens, warmup, extra, d, train_files)
-    with gpu_sampling(d, case.setdefault("gpu_samples", [])):
+    with gpu_sampling(d, case.setdefault("gpu_samples", []), case.setdefault("energy", [])):
         times_ms = time_steps(case["trainer"], steps, d)
     return finish_case(case, times_ms, tokens, peak_tflops, profile_path, train_files)
 
@@ -315,6 +316,18 @@ def time_launches(calls: dict, rounds: int, prefix: str, label, summed: dict) ->
 def best_launch(summed: dict) -> str:
     """The launch setting with the least summed median time, as a 'best_launch:a,b,c' line."""
     return "best_launch:" + ",".join(map(str, min(summed, key=summed.get)))
+
+
+def energy_per_call(fn, calls: int, read_joules) -> tuple[float, float]:
+    """Millijoules per call of fn over `calls` calls back to back, and the mean watts meanwhile, from NVML's energy
+    counter (read_joules, from energy_reader). The counter moves in steps of a few ms, so the calls should take ~1 s."""
+    torch.cuda.synchronize()
+    joules, t0 = read_joules(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    joules, seconds = read_joules() - joules, time.perf_counter() - t0
+    return 1000 * joules / calls, joules / seconds
 
 
 def spread_us(ms: list[float]) -> str:
@@ -374,34 +387,77 @@ def parse_gpu_samples(text: str) -> list[tuple]:
     return samples
 
 
+def nvml_index(device: torch.device) -> str:
+    """The GPU's index for nvidia-smi and NVML, which count every GPU where torch counts only CUDA_VISIBLE_DEVICES
+    (an entry there may also be a GPU-<uuid>, which both take as it is)."""
+    visible, ordinal = os.environ.get("CUDA_VISIBLE_DEVICES", ""), device.index or 0
+    return visible.split(",")[ordinal].strip() if visible else str(ordinal)
+
+
+NVML = {}  # once asked: pynvml and the GPU's handle, or "off": why the energy cannot be read (one GPU a process)
+
+
+def energy_reader(index: str):
+    """() -> the GPU's energy counter in joules (NVML's millijoules since the driver loaded), read by nvidia-ml-py; or
+    None with a line saying why (no nvidia-ml-py, or a GPU without the counter: pre-Volta)."""
+    if "module" not in NVML and "off" not in NVML:
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            NVML["module"] = pynvml
+        except ImportError:
+            NVML["off"] = "no pynvml: pip install nvidia-ml-py"
+        except Exception as e:  # pynvml.NVMLError: no NVML library, or a driver that does not answer
+            NVML["off"] = f"NVML: {e}"
+        else:
+            handle = (pynvml.nvmlDeviceGetHandleByUUID(index) if index.startswith(("GPU-", "MIG-"))
+                      else pynvml.nvmlDeviceGetHandleByIndex(int(index)))
+            try:
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                NVML["handle"] = handle
+            except pynvml.NVMLError as e:
+                NVML["off"] = f"GPU {index}: NVML total energy: {e}"
+        if "off" in NVML:
+            print(f"bench energy:off ({NVML['off']}): rows carry no joules per step", flush=True)
+    if "off" in NVML:
+        return None
+    pynvml, handle = NVML["module"], NVML["handle"]
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+
+
 @contextlib.contextmanager
-def gpu_sampling(d: tg.Dist | None, samples: list, interval_ms: int = 100):
+def gpu_sampling(d: tg.Dist | None, samples: list, energy: list | None = None, interval_ms: int = 100):
     """The GPU's SM clock, power draw and clock-limit reasons sampled by nvidia-smi while the block runs (the timed
-    steps), appended to `samples`. On an H200 the anchor's step ran at the 700 W power cap with the SM clock pulled
-    down to ~1.8 of 1.98 GHz (docs/perf.md run LD): a kernel timed alone runs at the full clock, so its gain need not
-    show in the step. Nothing on CPU; without nvidia-smi a line says the rows carry no samples."""
+    steps), appended to `samples`; and (joules, seconds) of the block from NVML's energy counter appended to `energy`.
+    On an H200 the anchor's step ran at the 700 W power cap with the SM clock pulled down to ~1.8 of 1.98 GHz
+    (docs/perf.md run LD): a kernel timed alone runs at the full clock, so its gain need not show in the step. The
+    counter gives the block's exact energy, where nvidia-smi's power.draw is a 1 s average that lags a short block.
+    The block must leave the GPU idle at both ends (time_steps synchronizes). Nothing on CPU; without nvidia-smi or
+    nvidia-ml-py a line says which figures the rows lack."""
     if d is None or d.device.type != "cuda":
         yield
         return
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # nvidia-smi counts every GPU; torch only the visible ones
-    ordinal = d.device.index or 0
-    index = visible.split(",")[ordinal].strip() if visible else str(ordinal)
+    index = nvml_index(d.device)
+    read_joules = energy_reader(index) if energy is not None else None
     try:
         proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits", "-lms",
                                  str(interval_ms), "-i", index], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         print("bench gpu_sampling:off (no nvidia-smi on PATH: rows carry no clock or power samples)", flush=True)
-        yield
-        return
+        proc = None
+    joules, t0 = read_joules() if read_joules else None, time.perf_counter()
     try:
         yield
     finally:
-        died = proc.poll()
-        proc.terminate()
-        out, err = proc.communicate(timeout=30)
-        if died is not None:
-            raise RuntimeError(f"nvidia-smi -i {index} exited with {died} while sampling: {err.strip()[-500:]}")
-        samples += parse_gpu_samples(out)
+        if read_joules:
+            energy.append((read_joules() - joules, time.perf_counter() - t0))
+        if proc is not None:
+            died = proc.poll()
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+            if died is not None:
+                raise RuntimeError(f"nvidia-smi -i {index} exited with {died} while sampling: {err.strip()[-500:]}")
+            samples += parse_gpu_samples(out)
 
 
 def summarize_gpu_samples(samples: list[tuple]) -> dict:
@@ -414,6 +470,15 @@ def summarize_gpu_samples(samples: list[tuple]) -> dict:
     share = lambda bits: sum(bool(r & bits) for r in reasons) / len(reasons) if reasons else None  # noqa: E731
     return dict(gpu_samples=len(samples), sm_mhz=median(0), power_w=median(1), power_limit_w=median(2),
                 power_capped=share(POWER_CAP), slowdown=share(SLOWDOWNS))
+
+
+def summarize_energy(energy: list[tuple[float, float]], steps: int) -> dict:
+    """Joules per timed step, and the mean power over the timed stretches, from NVML's energy counter: under a power
+    cap the step's time follows its energy (docs/perf.md run MA)."""
+    if not energy:
+        return dict(joules_per_step=None, energy_power_w=None)
+    joules, seconds = (sum(column) for column in zip(*energy))
+    return dict(joules_per_step=joules / steps, energy_power_w=joules / seconds)
 
 
 def time_steps(trainer: tg.Trainer, steps: int, d: tg.Dist) -> list[float]:
@@ -442,7 +507,8 @@ def finish_case(case: dict, times_ms: list[float], tokens: int, peak_tflops: flo
                 params=sum(p.numel() for p in trainer.model.parameters()), ms_per_step=ms,
                 ms_spread=[min(times_ms), max(times_ms)], warmup_s=case["warmup_s"], tok_per_s=tok_s,
                 peak_mem_mib=case["peak_mem_mib"], flops_per_token=flops,
-                mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12), **summarize_gpu_samples(case.get("gpu_samples", [])))
+                mfu=tok_s * sum(flops.values()) / (peak_tflops * 1e12), **summarize_gpu_samples(case.get("gpu_samples", [])),
+                **summarize_energy(case.get("energy", []), len(times_ms)))
 
 
 def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, steps: int, warmup: int, rounds: int,
@@ -460,7 +526,7 @@ def interleaved_cases(cases: list[tuple[str, str]], seq_len: int, tokens: int, s
         round_ms: list[list[float]] = [[] for _ in cases]
         for _ in range(rounds):
             for i, case in enumerate(prepared):
-                with gpu_sampling(d, case.setdefault("gpu_samples", [])):
+                with gpu_sampling(d, case.setdefault("gpu_samples", []), case.setdefault("energy", [])):
                     step_ms = time_steps(case["trainer"], steps, d)
                 times[i] += step_ms
                 round_ms[i].append(statistics.median(step_ms))
@@ -491,6 +557,8 @@ def report_row(r: dict) -> None:
     rounds = " round_ms:" + ",".join(f"{ms:.2f}" for ms in r["round_ms"]) if "round_ms" in r else ""
     gpu = "".join(f" {k}:{'-' if r.get(k) is None else f'{r[k]:.2f}' if k in ('power_capped', 'slowdown') else f'{r[k]:.0f}'}"
                   for k in ("gpu_samples", "sm_mhz", "power_w", "power_limit_w", "power_capped", "slowdown")) if r.get("gpu_samples") else ""
+    if r.get("joules_per_step") is not None:
+        gpu += f" joules_per_step:{r['joules_per_step']:.2f} energy_power_w:{r['energy_power_w']:.0f}"
     print(f"bench preset:{r['preset']} seq_len:{r['seq_len']} variant:{r['variant'] or '-'} tokens:{r['tokens_from']} "
           f"tok/s:{r['tok_per_s']:.0f} ms/step:{r['ms_per_step']:.2f} peak_mem_mib:{r['peak_mem_mib']:.0f} "
           f"mfu:{100 * r['mfu']:.1f}% warmup_s:{r['warmup_s']:.1f}{rounds}{gpu}", flush=True)
@@ -568,14 +636,15 @@ def main() -> None:
         rows += group
     device = torch.cuda.get_device_name() if d.device.type == "cuda" else "CPU"
     add_ratios(rows, baseline)
-    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} | SM MHz (power-capped) |  ({device})\n"
-          f"|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| preset | seq_len | variant | tok/s | ms/step | peak MiB | MFU | vs {baseline} | SM MHz (power-capped) | J/step (W) |  ({device})\n"
+          f"|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "-" if r["vs_baseline"] is None else f"{r['vs_baseline']:.3f}x"
         clock = "-" if r.get("sm_mhz") is None else f"{r['sm_mhz']:.0f}" + (
             "" if r.get("power_capped") is None else f" ({100 * r['power_capped']:.0f}%)")
+        energy = "-" if r.get("joules_per_step") is None else f"{r['joules_per_step']:.2f} ({r['energy_power_w']:.0f})"
         print(f"| {r['preset']} | {r['seq_len']} | {r['variant'] or '-'} | {r['tok_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
-              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} | {clock} |")
+              f"{r['peak_mem_mib']:,.0f} | {100 * r['mfu']:.1f}% | {ratio} | {clock} | {energy} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=device, torch=torch.__version__, baseline=baseline, rows=rows), f, indent=1)

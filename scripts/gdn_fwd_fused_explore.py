@@ -23,13 +23,14 @@ kernel-level times are taken at the full 1.98 GHz.
 The CPU test (tests/test_gdn_fwd_fused_explore.py) runs the kernel in Triton's interpreter against the trainer's torch
 reference of the gated delta rule."""
 import argparse
+import statistics
 
 import torch
 import triton
 import triton.language as tl
 
 from fla_config_sweep import C, H, K, SHAPES, V, core_inputs  # a sibling script; it puts the repo root on sys.path
-from bench import best_launch, time_launches  # noqa: E402 (needs the root that fla_config_sweep added)
+from bench import best_launch, energy_per_call, energy_reader, nvml_index, time_launches  # noqa: E402 (needs the root that fla_config_sweep added)
 import train_gpt as tg  # noqa: E402
 
 
@@ -124,6 +125,8 @@ def gpu_main() -> None:
     parser.add_argument("--bv", nargs="+", type=int, default=[64, 32], help="V slice widths")
     parser.add_argument("--warps", nargs="+", type=int, default=[4])
     parser.add_argument("--stages", nargs="+", type=int, default=[2, 3])
+    parser.add_argument("--energy-calls", type=int, default=0, help="then FLA's kernels and the first launch setting, "
+                        "this many calls each (~1 s), rounds times: millijoules a call from the GPU's energy counter")
     args = parser.parse_args()
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes if shape.count("x") == 1 and
               shape.replace("x", "").isdigit()]
@@ -151,6 +154,18 @@ def gpu_main() -> None:
                   f"for w h v_new o: " + " ".join(f"{e:.2e}" for e in errs), flush=True)
         time_launches({"fla": fla, **ours}, args.rounds, f"{B}x{T}", lambda name: "FLA recompute_w_u + fwd_h + fwd_o"
                       if name == "fla" else "fused BV={} warps={} stages={}".format(*name), summed)
+        if args.energy_calls:  # under a power cap a step's time follows its energy, not a kernel's latency (run LD)
+            read_joules = energy_reader(nvml_index(torch.device("cuda", torch.cuda.current_device())))
+            if read_joules is None:
+                raise SystemExit("--energy-calls: the GPU's energy counter cannot be read (see the line above)")
+            energy = {"FLA's three kernels": [], "fused BV={} warps={} stages={}".format(*launches[0]): []}
+            for _ in range(args.rounds):
+                for name, fn in zip(energy, (fla, ours[launches[0]])):
+                    energy[name].append(energy_per_call(fn, args.energy_calls, read_joules))
+            for name, runs in energy.items():
+                mj, watts = [r[0] for r in runs], [r[1] for r in runs]
+                print(f"{B}x{T} {name}: energy median {statistics.median(mj):.2f} mJ a call (min {min(mj):.2f}, max "
+                      f"{max(mj):.2f}) at median {statistics.median(watts):.0f} W", flush=True)
     print(best_launch(summed))
 
 

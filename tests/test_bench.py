@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,79 @@ def test_gpu_sampling_reports_bad_output_a_dead_sampler_and_a_missing_one(monkey
     with bench.gpu_sampling(types.SimpleNamespace(device=torch.device("cpu")), samples):  # CPU: nothing sampled
         pass
     assert samples == []
+
+
+class FakeNVML(types.ModuleType):
+    """A stand-in for nvidia-ml-py's pynvml: an energy counter in millijoules that steps on each read."""
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, readings_mj, supported=True):
+        super().__init__("pynvml")
+        self.readings, self.supported, self.handles = iter(readings_mj), supported, []
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        self.handles.append(("index", i))
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.handles.append(("uuid", uuid))
+        return uuid
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.supported:
+            raise self.NVMLError("Not Supported")
+        return next(self.readings)
+
+
+def test_gpu_sampling_reads_the_energy_counter_around_the_steps(monkeypatch, tmp_path, capsys):
+    """NVML's counter read before and after the block gives its joules; a step's energy and mean power follow."""
+    import bench
+    args = fake_smi(monkeypatch, tmp_path, ["1830, 690.65, 700.00, 0x0000000000000004"])
+    nvml = FakeNVML([5_000_000, 5_000_000, 5_153_450])  # the probe at start-up, then before and after the block
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(bench, "NVML", {})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    samples, energy = [], []
+    with bench.gpu_sampling(types.SimpleNamespace(device=torch.device("cuda", 1)), samples, energy, interval_ms=50):
+        sampler_started(args)
+    assert nvml.handles == [("index", 5)] and len(energy) == 1
+    joules, seconds = energy[0]
+    assert joules == pytest.approx(153.45) and 0.5 <= seconds < 30
+    assert samples == [(1830.0, 690.65, 700.0, 4)]
+    assert bench.summarize_energy([(51.0, 0.075), (49.0, 0.070)], steps=2) == pytest.approx(
+        dict(joules_per_step=50.0, energy_power_w=100 / 0.145))
+    assert bench.summarize_energy([], steps=2) == dict(joules_per_step=None, energy_power_w=None)
+    row = dict(preset="gdn_hybrid", seq_len=2048, variant="", tokens_from="random", tok_per_s=1.3e6, ms_per_step=74.0,
+               peak_mem_mib=20000, mfu=0.3, warmup_s=20.0, gpu_samples=1, sm_mhz=1830.0, power_w=690.65,
+               power_limit_w=700.0, power_capped=1.0, slowdown=0.0, joules_per_step=51.234, energy_power_w=692.4)
+    bench.report_row(row)
+    assert capsys.readouterr().out.rstrip().endswith("power_capped:1.00 slowdown:0.00 joules_per_step:51.23 energy_power_w:692")
+
+
+def test_energy_off_says_why_without_nvidia_ml_py_or_the_counter(monkeypatch, capsys):
+    import bench
+    cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setenv("PATH", "")  # no nvidia-smi either: the block still runs, with neither figure
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    monkeypatch.setattr(bench, "NVML", {})
+    energy = []
+    for _ in range(2):
+        with bench.gpu_sampling(cuda, [], energy):
+            pass
+    out = capsys.readouterr().out
+    assert energy == [] and out.count("bench energy:off (no pynvml: pip install nvidia-ml-py): rows carry no joules") == 1
+    nvml = FakeNVML([], supported=False)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(bench, "NVML", {})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8c3e5a4f")
+    with bench.gpu_sampling(cuda, [], energy):
+        pass
+    assert energy == [] and nvml.handles == [("uuid", "GPU-8c3e5a4f")]
+    assert "bench energy:off (GPU GPU-8c3e5a4f: NVML total energy: Not Supported)" in capsys.readouterr().out
 
 
 def test_time_launches_prints_each_call_and_sums_each_launch_over_shapes(monkeypatch, capsys):
