@@ -473,8 +473,8 @@ def summarize_gpu_samples(samples: list[tuple]) -> dict:
 
 
 def summarize_energy(energy: list[tuple[float, float]], steps: int) -> dict:
-    """Joules per timed step, and the mean power over the timed stretches, from NVML's energy counter: under a power
-    cap the step's time follows its energy (docs/perf.md run MA)."""
+    """Joules per timed step, and the mean power over the timed stretches, from NVML's energy counter. Under a power
+    cap (docs/perf.md run LD) a step's time should follow its energy, so two presets at the cap compare by joules."""
     if not energy:
         return dict(joules_per_step=None, energy_power_w=None)
     joules, seconds = (sum(column) for column in zip(*energy))

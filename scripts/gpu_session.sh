@@ -8,6 +8,9 @@
 #                    (model.conv_size=0) and the output gate (model.gdn_output_gate=false), then attention
 #   table            bench.py: gdn_hybrid, gdn_hybrid_lean and attention at 2048, 4096 and 8192 in one process, timed
 #                    interleaved in 3 rounds (issue 7's table)
+#   energy           bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid, gdn_hybrid_lean and attention interleaved in 3
+#                    rounds, each row with SM clock, power-capped share and joules per step (NVML energy counter); then
+#                    FLA's three forward kernels against the one pass (scripts/gdn_fwd_fused_explore.py) in mJ a call
 #   norm             the GDN output norm alone in its formulations (scripts/gdn_out_norm_bench.py), then a lean profile at
 #                    8192: the output norm should be one inductor kernel per layer (docs/perf.md runs BC-BE)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
@@ -19,7 +22,7 @@
 #   equiv            (nvidia-h200-x2) 50 steps of the 8-GPU recipe on 2 GPUs vs 1 GPU with 8x accumulation
 # Console lines pass grep line by line and long steps keep their whole log under $OUT, so a call cut at the device
 # tool's time limit still returns what it did.
-# carry: .gpu (../shared/device + brotli wheel), .corpus (debian_docs.jsonl.xz), data/tokenizers
+# carry: .gpu (../shared/device + the brotli and nvidia-ml-py wheels beside its own, which setup.sh installs), .corpus (debian_docs.jsonl.xz), data/tokenizers
 # DATA: corpus_sp8192_shuffled (default: train documents cut into 8,192-token pieces, shuffled) or corpus_sp8192
 # (input order; the 2026-11-22 records and sweep used it, see README "Data" on why the shuffled build is the default).
 set -uo pipefail
@@ -59,6 +62,12 @@ for step in "$@"; do
       done ;;
     table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens 2048 4096 8192 --steps 10 --warmup 3 \
              --interleave 3 --out $OUT/bench_table.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
+    energy) for seq in ${SEQ_LENS:-2048 8192}; do
+        python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens $seq --steps 20 --warmup 3 \
+          --interleave 3 --out $OUT/bench_energy_$seq.json 2>&1 | grep --line-buffered -E "^(bench|\||Traceback|[A-Za-z]*Error)"
+      done
+      python3 scripts/gdn_fwd_fused_explore.py --rounds 3 --shapes 48x2048 --bv 64 --warps 4 --stages 3 \
+        --energy-calls 2500 2>&1 | grep --line-buffered -E "energy|Error" ;;
     norm) python3 scripts/gdn_out_norm_bench.py 2>&1 | grep --line-buffered -E "^(gdn_out_norm| )|Error"
           python3 bench.py --presets gdn_hybrid_lean --seq-lens 8192 --steps 15 --warmup 3 --profile-dir $OUT 2>&1 \
             | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
