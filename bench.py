@@ -394,35 +394,35 @@ def nvml_index(device: torch.device) -> str:
     return visible.split(",")[ordinal].strip() if visible else str(ordinal)
 
 
-NVML = {}  # once asked: pynvml and the GPU's handle, or "off": why the energy cannot be read (one GPU a process)
+NVML = {}  # "reader": energy_reader's answer, made once (one GPU a process)
 
 
 def energy_reader(index: str):
     """() -> the GPU's energy counter in joules (NVML's millijoules since the driver loaded), read by nvidia-ml-py; or
-    None with a line saying why (no nvidia-ml-py, or a GPU without the counter: pre-Volta)."""
-    if "module" not in NVML and "off" not in NVML:
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            NVML["module"] = pynvml
-        except ImportError:
-            NVML["off"] = "no pynvml: pip install nvidia-ml-py"
-        except Exception as e:  # pynvml.NVMLError: no NVML library, or a driver that does not answer
-            NVML["off"] = f"NVML: {e}"
-        else:
-            handle = (pynvml.nvmlDeviceGetHandleByUUID(index) if index.startswith(("GPU-", "MIG-"))
-                      else pynvml.nvmlDeviceGetHandleByIndex(int(index)))
-            try:
-                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-                NVML["handle"] = handle
-            except pynvml.NVMLError as e:
-                NVML["off"] = f"GPU {index}: NVML total energy: {e}"
-        if "off" in NVML:
-            print(f"bench energy:off ({NVML['off']}): rows carry no joules per step", flush=True)
-    if "off" in NVML:
-        return None
-    pynvml, handle = NVML["module"], NVML["handle"]
-    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+    None, after one line saying why (no nvidia-ml-py, or a GPU without the counter: pre-Volta)."""
+    if "reader" not in NVML:
+        NVML["reader"], off = open_energy_counter(index)
+        if off:
+            print(f"bench energy:off ({off}): rows carry no joules per step", flush=True)
+    return NVML["reader"]
+
+
+def open_energy_counter(index: str):
+    """(reader, "") for the GPU's energy counter, or (None, why it cannot be read)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except ImportError:
+        return None, "no pynvml: pip install nvidia-ml-py"
+    except Exception as e:  # pynvml.NVMLError: no NVML library, or a driver that does not answer
+        return None, f"NVML: {e}"
+    try:
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(index) if index.startswith(("GPU-", "MIG-"))
+                  else pynvml.nvmlDeviceGetHandleByIndex(int(index)))
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except pynvml.NVMLError as e:
+        return None, f"GPU {index}: NVML total energy: {e}"
+    return (lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0), ""
 
 
 @contextlib.contextmanager

@@ -158,9 +158,10 @@ def gpu_main() -> None:
             read_joules = energy_reader(nvml_index(torch.device("cuda", torch.cuda.current_device())))
             if read_joules is None:
                 raise SystemExit("--energy-calls: the GPU's energy counter cannot be read (see the line above)")
-            energy = {"FLA's three kernels": [], "fused BV={} warps={} stages={}".format(*launches[0]): []}
+            calls = {"FLA's three kernels": fla, "fused BV={} warps={} stages={}".format(*launches[0]): ours[launches[0]]}
+            energy = {name: [] for name in calls}
             for _ in range(args.rounds):
-                for name, fn in zip(energy, (fla, ours[launches[0]])):
+                for name, fn in calls.items():
                     energy[name].append(energy_per_call(fn, args.energy_calls, read_joules))
             for name, runs in energy.items():
                 mj, watts = [r[0] for r in runs], [r[1] for r in runs]
