@@ -317,13 +317,11 @@ def package_versions() -> dict:
 
 def environment_report(d: Dist) -> str:
     lines = [" ".join(f"{k}:{v}" for k, v in package_versions().items()) + f" platform:{platform.platform()}"
-             f" fla_cache_results:{os.environ.get('FLA_CACHE_RESULTS')}"]
+             f" fla_cache_results:{os.environ.get('FLA_CACHE_RESULTS')} cpu_threads:{torch.get_num_threads()}"]
     if torch.cuda.is_available():
         lines += [f"gpu{i}:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
         with contextlib.suppress(Exception):  # no nvidia-smi: the device names above still say what ran
             lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout)
-    else:
-        lines.append(f"cpu:{platform.processor() or 'unknown'} threads:{torch.get_num_threads()}")
     return "\n".join(lines)
 
 # ----------------------------------------------------------------------------------------------------
@@ -1498,3 +1496,5 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # skip finalization: in it CPython < 3.14 aborts (SIGABRT) a gloo worker
+        sys.stdout.flush(), os._exit(0)            # thread still freeing the last collective's tensors; all output is closed
