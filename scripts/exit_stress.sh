@@ -11,8 +11,13 @@
 set -uo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 RUNS TRAINER..." >&2; exit 2; }
 runs=$1; shift
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "RUNS: '$runs' is not a positive whole number" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$root/.venv/bin/python}
+[ -x "$python" ] || { echo "python $python: not found; 'bash run.sh test' makes .venv, or set PYTHON" >&2; exit 2; }
+for t in "$@"; do
+  [ -f "$t" ] || { echo "trainer $t: no such file" >&2; exit 2; }
+done
 WORK=${WORK:-$(mktemp -d)}
 "$python" - "$WORK/data" "$root/data" <<'EOF' || exit 1
 import sys
@@ -25,7 +30,6 @@ synthetic.build(out / "shards", out / "tok" / "synthetic.model", train_docs=1500
 EOF
 trainers=()
 for t in "$@"; do
-  [ -f "$t" ] || { echo "trainer $t: no such file" >&2; exit 2; }
   copy="$root/.exit_stress_$(basename "$t" .py)_$$.py"  # beside conf/, removed at exit
   cp "$t" "$copy"; trainers+=("$copy")
 done
