@@ -1495,6 +1495,5 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
                 export_times=times, roundtrip_state_exact=exact, final_line=final_line)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # skip finalization: in it CPython < 3.14 aborts (SIGABRT) a gloo worker
-        sys.stdout.flush(), os._exit(0)            # thread still freeing the last collective's tensors; all output is closed
+    if main(sys.argv[1:])["world_size"] > 1:  # skip finalization: in it CPython < 3.14 aborts (SIGABRT) a gloo worker
+        sys.stdout.flush(), os._exit(0)        # thread still freeing the last collective's tensors; all output is closed

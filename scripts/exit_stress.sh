@@ -19,32 +19,28 @@ for t in "$@"; do
   [ -f "$t" ] || { echo "trainer $t: no such file" >&2; exit 2; }
 done
 WORK=${WORK:-$(mktemp -d)}
-"$python" - "$WORK/data" "$root/data" <<'EOF' || exit 1
+# The CPU tests' tiny model and their synthetic corpus, as tests/conftest.py defines them: one override a line.
+overrides=$("$python" - "$WORK/data" "$root/tests" <<'EOF'
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-import synthetic  # the same corpus as tests/conftest.py's synthetic_data fixture
-out = Path(sys.argv[1])
-synthetic.build(out / "shards", out / "tok" / "synthetic.model", train_docs=1500, val_docs=60, vocab_size=8192,
-                seed=0, workers=1, progress=False)
+from conftest import TINY, build_synthetic_data
+print("\n".join(TINY + build_synthetic_data(Path(sys.argv[1]))["overrides"]))
 EOF
+) || exit 1
+mapfile -t overrides <<< "$overrides"
 trainers=()
 for t in "$@"; do
   copy="$root/.exit_stress_$(basename "$t" .py)_$$.py"  # beside conf/, removed at exit
   cp "$t" "$copy"; trainers+=("$copy")
 done
 trap 'rm -f "${trainers[@]}"' EXIT
-data=$WORK/data
 declare -A failed
 for i in $(seq 1 "$runs"); do
   for k in "${!trainers[@]}"; do
     log=$WORK/run_$k; rm -rf "$log"; mkdir -p "$log"
     OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 "$python" -m torch.distributed.run --standalone --nproc_per_node=2 \
-      "${trainers[$k]}" budget=cpu_smoke model.model_dim=64 model.num_heads=2 model.num_kv_heads=1 model.gdn_heads=2 \
-      model.gdn_head_dim=32 train.seq_len=64 train.global_batch_tokens=512 train.micro_batch_seqs=4 \
-      train.warmup_steps=0 train.log_every=1 eval.batch_seqs=32 export=none train.max_steps=6 \
-      train.max_wallclock_seconds=600 train.schedule=steps "data.train_files=$data/shards/synthetic_train_*.bin" \
-      "data.val_files=$data/shards/synthetic_val_*.bin" data.tokenizer_path=$data/tok/synthetic.model \
+      "${trainers[$k]}" "${overrides[@]}" train.max_steps=6 train.max_wallclock_seconds=600 train.schedule=steps \
       run.log_dir="$log" run.run_id=r$i > "$log/out.txt" 2> "$log/err.txt"
     rc=$?
     echo "run:$i trainer:${*:$((k + 1)):1} rc:$rc final_line:$(grep -c '^final_bf16_exact' "$log/out.txt")" \

@@ -21,8 +21,12 @@ TINY = ["budget=cpu_smoke", "model.model_dim=64", "model.num_heads=2", "model.nu
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> dict:
     """A small synthetic corpus (the embedded default's generator with fewer documents)."""
+    return build_synthetic_data(tmp_path_factory.mktemp("synthetic"))
+
+
+def build_synthetic_data(root: Path) -> dict:
+    """The synthetic_data fixture's corpus under root (also built by scripts/exit_stress.sh)."""
     import synthetic
-    root = tmp_path_factory.mktemp("synthetic")
     out, tok = root / "shards", root / "tok" / "synthetic.model"
     meta = synthetic.build(out, tok, train_docs=1500, val_docs=60, vocab_size=8192, seed=0, workers=1, progress=False)
     overrides = [f"data.train_files={out}/synthetic_train_*.bin", f"data.val_files={out}/synthetic_val_*.bin",
