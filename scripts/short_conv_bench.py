@@ -1,7 +1,8 @@
 """The GDN short conv alone, forward + backward, at the trainer's shape (CUDA events, median of 50 after warm-up):
 FLA's causal_conv1d + split copies + FLA's L2 norm against train_gpt.ShortConv at several tile settings of its
 kernels, and optionally another version of train_gpt.py (--compare FILE, e.g. an older commit's copy) in the same
-process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py]"""
+process. Random bf16 inputs.   python scripts/short_conv_bench.py [--compare old_train_gpt.py] [--conv-size W]
+--conv-size 0 times the lean layer's pass (SiLU and L2 norm only, no dx pass; FLA's path is then not timed)."""
 import argparse
 import sys
 from pathlib import Path
@@ -20,10 +21,12 @@ def time_ms(fn, reps: int = 50) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", type=Path, help="another train_gpt.py whose ShortConv is timed beside this one")
+    parser.add_argument("--conv-size", type=int, default=4, choices=range(0, 9), metavar="W",
+                        help="conv taps, as model.conv_size (default 4; 0: the lean layer's SiLU + L2 norm pass)")
     args = parser.parse_args()
     from fla.modules.convolution import causal_conv1d
     from fla.modules.norm.l2norm import l2norm
-    B, T, H, K, V, W = 48, 2048, 8, 64, 64, 4
+    B, T, H, K, V, W = 48, 2048, 8, 64, 64, args.conv_size
     D = 2 * H * K + H * V
     proj = torch.randn(B, T, D + 2 * H, device="cuda", dtype=torch.bfloat16)  # q|k|v|a|b as in the model
     x = proj[..., :D]
@@ -46,8 +49,9 @@ def main() -> None:
         return lambda: conv.backward(x, w, None, (H, K, V), grads, dx, False, dk2)
 
     gb = 2 * B * T * D * 2 / 1e9  # one read of x and one write of q|k|v, bf16
-    print(f"short_conv B={B} T={T} D={D}: bytes of one x read + one q|k|v write = {gb:.2f} GB")
-    print(f"short_conv fla (conv + copies + l2norm) fwd+bwd: {time_ms(fla_path):.3f} ms")
+    print(f"short_conv B={B} T={T} D={D} W={W}: bytes of one x read + one q|k|v write = {gb:.2f} GB")
+    if W:
+        print(f"short_conv fla (conv + copies + l2norm) fwd+bwd: {time_ms(fla_path):.3f} ms")
     if args.compare:
         other = load_train_gpt_copy(args.compare, "compared_train_gpt")
         print(f"short_conv {args.compare} fwd+bwd: {time_ms(harness(other.ShortConv)):.3f} ms, "
@@ -57,7 +61,8 @@ def main() -> None:
     rows_warps = [(rows, warps) for rows in (16, 32, 64, 128) for warps in (1, 2, 4, 8)]
     dx_settings = [(32, 8, 2), (64, 4, 4), (32, 16, 4), (16, 16, 2), (128, 2, 4), (64, 1, 4), (128, 1, 8), (32, 2, 2)]
     # one pass at a time (forward, du pass, dx pass), the others at the best setting so far; the default first
-    for part, options in [(slice(0, 0), [()]), (slice(0, 2), rows_warps), (slice(2, 4), rows_warps), (slice(4, 7), dx_settings)]:
+    parts = [(slice(0, 0), [()]), (slice(0, 2), rows_warps), (slice(2, 4), rows_warps)] + [(slice(4, 7), dx_settings)] * (W > 0)
+    for part, options in parts:  # W = 0 has no dx pass
         for option in options:
             setting = list(best[1])
             setting[part] = option
