@@ -648,8 +648,8 @@ def gdn_core_backward(ctx, grads):
 gdn_core_fwd.register_autograd(gdn_core_backward, setup_context=gdn_core_setup)
 
 class GatedDeltaNet(nn.Module):
-    """Gated DeltaNet mixer: q/k/v by a causal short conv + SiLU (conv_size=0: SiLU only), L2-normalised q and k, beta =
-    sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias), output RMSNorm'd, gated by silu(g_proj x) if gdn_output_gate."""
+    """Gated DeltaNet mixer: q/k/v by a causal short conv (conv_size=0: none) + SiLU, L2-normalised q, k, beta = sigmoid(b),
+    g = -exp(A_log) * softplus(a + dt_bias), output RMSNorm'd (weight folded into o_proj's), gated by silu(g_proj x) if gdn_output_gate."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, H, K, W = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim, cfg.conv_size
@@ -670,8 +670,9 @@ class GatedDeltaNet(nn.Module):
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
         gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
-        o = (rms_norm(o.float(), eps=1e-5) * self.norm_weight.float() * gate).to(x.dtype)
-        return self.o_proj(o.reshape(B, T, H * Vh)), ((conv_state, S) if want_state else None)
+        o, scale = (rms_norm(o.float(), eps=1e-5) * gate).reshape(B, T, H * Vh), self.norm_weight.float().repeat(H)
+        o = self.o_proj((o * scale).to(x.dtype)) if self.o_proj._forward_pre_hooks else F.linear(o.to(x.dtype), self.o_proj.weight * scale)
+        return o, ((conv_state, S) if want_state else None)  # folded: no pass over tokens for its gradient; GPTQ's hook sees o * scale
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
         return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)

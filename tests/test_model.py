@@ -33,6 +33,41 @@ def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout, 
     assert logits.shape == (2, 40, cfg.model.vocab_size) and logits.abs().max() <= cfg.model.logit_softcap
 
 
+@pytest.mark.parametrize("gate", [True, False])
+def test_gdn_norm_weight_folded_into_o_proj_matches_the_norm_then_projection(gate):
+    """The output norm's weight scales o_proj's weight (training) or o_proj's input (under a pre-hook, GPTQ's calibration):
+    the output and every gradient equal RMSNorm(o) * weight * gate, then o_proj."""
+    cfg = tg.load_config(["model=gdn_hybrid"] + TINY + [f"model.gdn_output_gate={str(gate).lower()}"]).model
+    torch.manual_seed(0)
+    mixer = tg.GatedDeltaNet(cfg)  # fp32: the mixer computes its norm in fp32
+    torch.nn.init.normal_(mixer.o_proj.weight, std=0.1)
+    mixer.norm_weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 24, cfg.model_dim)
+    H, Vh = mixer.H, mixer.Vh
+
+    def unfolded():  # the formula, from the mixer's own core
+        o, _, _ = mixer.core(torch.nn.functional.linear(x, torch.cat([mixer.q_proj.weight, mixer.k_proj.weight,
+                  mixer.v_proj.weight, mixer.a_proj.weight, mixer.b_proj.weight])), None, False)
+        g = torch.nn.functional.silu(mixer.g_proj(x).view(2, 24, H, Vh)) if gate else 1.0
+        return mixer.o_proj((tg.rms_norm(o, eps=1e-5) * mixer.norm_weight * g).reshape(2, 24, H * Vh))
+
+    def output_and_grads(fn):
+        mixer.zero_grad()
+        y = fn()
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return [y.detach()] + [p.grad.clone() for p in mixer.parameters()]
+    seen = []
+    for hooked in (False, True):  # without a hook the mixer folds the weight; with one it scales o_proj's input
+        hook = mixer.o_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach())) if hooked else None
+        expected = output_and_grads(unfolded)
+        for want, got in zip(expected, output_and_grads(lambda: mixer(x)[0]), strict=True):
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 rounding in another order
+        if hook:
+            hook.remove()
+    assert len(seen) == 2  # the unfolded formula's o_proj input and the hooked mixer's are the same
+    assert torch.allclose(seen[0], seen[1], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("preset", ["gdn_hybrid", "attention"])
 def test_residual_stream_dtype_follows_autocast_and_bf16_residual(preset):
     """Under bf16 autocast the residual stream (every block's output, the skips included) is bf16, as in the
