@@ -1,6 +1,7 @@
 """The GDN output tail alone (per-head RMSNorm of the core's output, times the norm weight, then o_proj), forward +
-backward at the trainer's shape, compiled as in the trainer, in several formulations: the trainer's (cast to bf16,
-then reshape to [tokens, H * V]), the order before docs/perf.md run BD (reshape, then cast; in that run's whole model
+backward at the trainer's shape, compiled as in the trainer, in several formulations: the trainer's (the norm weight
+folded into o_proj's weight, docs/perf.md run ND: no reduction over tokens for its gradient), the trainer's before ND
+(cast to bf16, then reshape to [tokens, H * V]), the order before run BD (reshape, then cast; in that run's whole model
 inductor left the norm's reduction and its pointwise output in two kernels) and a hand-written rsqrt. The kernels
 inductor makes of each (names and device time from torch.profiler, and the generated code under --code-dir) and
 their median CUDA-event time. Inputs are random at a trained model's scale (never zeros).
@@ -17,11 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 from bench import cuda_median_ms  # noqa: E402
 
-FORMS = {  # o: [N, H, V] bf16 from the core; w: [V] fp32 norm weight; returns the o_proj input [N, H * V], bf16
+UNFOLDED = {  # o: [N, H, V] bf16 from the core; w: [V] fp32 norm weight; returns the o_proj input [N, H * V], bf16
     "cast_then_reshape": lambda o, w: (tg.rms_norm(o.float(), eps=1e-5) * w).to(torch.bfloat16).reshape(o.shape[0], -1),
     "reshape_then_cast": lambda o, w: (tg.rms_norm(o.float(), eps=1e-5) * w).reshape(o.shape[0], -1).to(torch.bfloat16),
     "rsqrt": lambda o, w: (o.float() * torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + 1e-5) * w).to(
         torch.bfloat16).reshape(o.shape[0], -1),
+}
+FORMS = {  # (o, w, proj [dim, H * V] fp32) -> the tail's output [N, dim]
+    "folded": lambda o, w, proj: F.linear(tg.rms_norm(o.float(), eps=1e-5).to(torch.bfloat16).reshape(o.shape[0], -1),
+                                          (proj * w.repeat(o.shape[1])).to(torch.bfloat16)),
+    **{name: (lambda o, w, proj, form=form: F.linear(form(o, w), proj.to(torch.bfloat16))) for name, form in UNFOLDED.items()},
 }
 
 
@@ -45,7 +51,7 @@ def main() -> None:
     dy = torch.randn(N, args.dim, device="cuda", generator=gen).to(torch.bfloat16)
     results = {}
     for name, form in FORMS.items():
-        fn = torch.compile(lambda o, w, proj: F.linear(form(o, w), proj.to(torch.bfloat16)))
+        fn = torch.compile(form)
 
         def step():
             for t in (o, w, proj):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session, steps in the order given:
 #   tests            FLA custom-op parity against the torch reference (tests/test_gpu.py; TESTS_K narrows it)
-#   bench            the short conv alone (scripts/short_conv_bench.py), then bench.py at seq 2048: gdn_hybrid
+#   bench            the short conv alone at W = 4 and 0 (scripts/short_conv_bench.py: its tile sweep), then bench.py at seq 2048: gdn_hybrid
 #                    (default) vs its path before the gdn_core ops (fla_function), with profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   ablations        bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid with and without the short conv
@@ -46,7 +46,7 @@ for step in "$@"; do
   case $step in
     tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} \
              > $OUT/gpu_tests.log 2>&1; tail -n 12 $OUT/gpu_tests.log ;;
-    bench) python3 scripts/short_conv_bench.py 2>&1 | grep --line-buffered -E "^short_conv|Error"
+    bench) for w in 4 0; do python3 scripts/short_conv_bench.py --conv-size $w 2>&1 | grep --line-buffered -E "^short_conv (B=|fla|best|forward)|Error"; done
            python3 bench.py --presets gdn_hybrid --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_hybrid.json \
              --profile-dir $OUT --variants "" "gdn_core=fla_function" 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
            python3 bench.py --presets attention --seq-lens 2048 --steps 20 --warmup 4 --out $OUT/bench_attention.json \
