@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One lent-GPU session, steps in the order given:
 #   tests            FLA custom-op parity against the torch reference (tests/test_gpu.py; TESTS_K narrows it)
-#   bench            the short conv alone at W = 4 and 0 (scripts/short_conv_bench.py: its tile sweep), then bench.py at seq 2048: gdn_hybrid
-#                    (default) vs its path before the gdn_core ops (fla_function), with profiles, and attention
+#   bench            the short conv alone at W = 4 and 0 (scripts/short_conv_bench.py: its tile sweep), then bench.py
+#                    at seq 2048: gdn_hybrid (default) vs its path before the gdn_core ops (fla_function), with
+#                    profiles, and attention
 #   long             bench.py at seq 4096 and 8192, gdn_hybrid and attention
 #   ablations        bench.py at SEQ_LENS (default 2048 8192): gdn_hybrid with and without the short conv
 #                    (model.conv_size=0) and the output gate (model.gdn_output_gate=false), then attention
