@@ -12,13 +12,18 @@ rstd and one recomputing the normalised output):
                the cast before the reshape (the trainer now) and after it (the trainer before run BD)
   mixer        train_gpt's lean GatedDeltaNet with the real gdn_core_fwd op, inference graph
   mixer_train  the same mixer's training forward (min-cut partitioned on CPU)
+  gated_mixer_backward  the anchor's GatedDeltaNet (gdn_hybrid: conv and output gate) training backward (run ND: with
+               the norm weight folded into o_proj, the gated norm's backward is one pass storing do and the gate's
+               gradient; before, a reduction over every token for the weight's gradient was a pass of its own)
 
-    python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train] [--train-gpt DIR] [--tokens 98304]
-For each case it prints one line per kernel: its name, whether it computes an rsqrt, and its number of stores.
+    python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train ...] [--train-gpt DIR] [--tokens 98304]
+For each case it prints one line per kernel: its name, whether it computes an rsqrt, its number of stores and the
+elements it covers at launch.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import types
@@ -76,10 +81,13 @@ def pretend_cuda() -> list[str]:
 
 
 def kernels(source: str) -> list[str]:
-    """One line per Triton kernel of a generated module: name, rsqrt or not, number of stores."""
+    """One line per Triton kernel of a generated module: name, rsqrt or not, number of stores, and the elements it
+    covers at its launch (x numel, times r numel for a reduction)."""
     lines = []
     for name, body in re.findall(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)'''", source, re.S | re.M):
-        lines.append(f"{name} rsqrt:{'rsqrt' in body} stores:{body.count('tl.store(')}")
+        launch = re.search(rf"\b{name}\.run\(.*?((?:, \d+)+), stream=", source)
+        numel = math.prod(int(n) for n in launch[1].split(", ")[1:]) if launch else 0
+        lines.append(f"{name} rsqrt:{'rsqrt' in body} stores:{body.count('tl.store(')} numel:{numel}")
     return lines
 
 
@@ -120,29 +128,35 @@ def tail_case(mode, sources, tokens: int) -> dict[str, list[str]]:
     return out
 
 
-def training_forward_kernels(forward, cpu_inputs: list, mode, sources: list[str]) -> list[str]:
-    """Kernels of forward's training-forward graph: traced and min-cut partitioned on CPU (the autograd engine needs a
-    real device), then retraced on fake CUDA tensors of the same shapes and generated for the H100."""
+def training_forward_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: str = "forward") -> list[str]:
+    """Kernels of forward's training-forward graph (part="backward": its backward graph): traced and min-cut partitioned
+    on CPU (the autograd engine needs a real device), then retraced on fake CUDA tensors of the same shapes and
+    generated for the H100."""
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
     captured = {}
 
-    def keep_forward(gm, example_inputs):
-        captured["forward"] = gm
-        raise Captured()
+    def keep(name):
+        def compiler(gm, example_inputs):
+            captured[name] = gm
+            if name == part:
+                raise Captured()
+            return gm
+        return compiler
     traced = make_fx(forward, tracing_mode="fake")(*cpu_inputs)
-    try:
-        aot_module_simplified(traced, cpu_inputs, fw_compiler=keep_forward, bw_compiler=lambda gm, ex: gm,
-                              partition_fn=min_cut_rematerialization_partition,
-                              decompositions=select_decomp_table())(*cpu_inputs)
+    try:  # the backward is compiled with the forward, not on its first call: nothing runs
+        with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            aot_module_simplified(traced, cpu_inputs, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                                  partition_fn=min_cut_rematerialization_partition,
+                                  decompositions=select_decomp_table())(*cpu_inputs)
     except Captured:
         pass
-    placeholders = [n.meta["val"] for n in captured["forward"].graph.nodes if n.op == "placeholder"]
+    placeholders = [n.meta["val"] for n in captured[part].graph.nodes if n.op == "placeholder"]
     with mode:
         inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
-        gm = make_fx(captured["forward"], tracing_mode="fake")(*inputs)
+        gm = make_fx(captured[part], tracing_mode="fake")(*inputs)
     return generate(gm, inputs, mode, sources, partitioned=True)
 
 
@@ -161,10 +175,10 @@ def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[
     return {f"model_train_{layout}": training_forward_kernels(forward, cpu_inputs, mode, sources)}
 
 
-def mixer_cases(mode, sources, tokens: int, train: bool) -> dict[str, list[str]]:
+def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybrid_lean", part: str = "forward"):
     import train_gpt as tg
     from torch.fx.experimental.proxy_tensor import make_fx
-    cfg = tg.load_config(["model=gdn_hybrid_lean", "export=none"])
+    cfg = tg.load_config([f"model={preset}", "export=none"])
     mixer = tg.GatedDeltaNet(cfg.model)
     mixer.kernel = "fla"
     names = [n for n, _ in mixer.named_parameters()]
@@ -181,13 +195,14 @@ def mixer_cases(mode, sources, tokens: int, train: bool) -> dict[str, list[str]]
         return {"mixer": generate(gm, inputs, mode, sources)}
     cpu_inputs = [torch.randn(seqs, 8192, cfg.model.model_dim, dtype=torch.bfloat16, requires_grad=True)] + [
         p.detach().clone().requires_grad_() for p in mixer.parameters()]
-    return {"mixer_train": training_forward_kernels(forward, cpu_inputs, mode, sources)}
+    label = "mixer_train" if preset == "gdn_hybrid_lean" and part == "forward" else f"{preset}_mixer_{part}"
+    return {label: training_forward_kernels(forward, cpu_inputs, mode, sources, part)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
-                        choices=["tail", "mixer", "mixer_train", "model_train"])
+                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward"])
     parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
     parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
                         help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")
@@ -203,6 +218,8 @@ def main() -> None:
     for case in args.case:
         results.update(tail_case(mode, sources, args.tokens) if case == "tail" else
                        model_train_case(mode, sources, args.tokens, args.layout) if case == "model_train" else
+                       mixer_cases(mode, sources, args.tokens, True, "gdn_hybrid", "backward")
+                       if case == "gated_mixer_backward" else
                        mixer_cases(mode, sources, args.tokens, train=case == "mixer_train"))
     for label, lines in results.items():
         print(f"codegen case:{label} kernels:{len(lines)}")

@@ -21,6 +21,22 @@ def test_the_gdn_output_norm_is_one_kernel_in_every_offline_case():
         assert len(norms) == 1 and int(norms[0]) >= 2, (case, listing)
 
 
+def test_the_gated_mixer_backward_walks_the_output_tensors_twice():
+    """The anchor's GatedDeltaNet backward (docs/perf.md run ND) has two inductor kernels over [tokens, H * V]: the
+    gated norm's backward (one persistent reduction per head row storing do and the gate's gradient) and the sum of
+    the two input projections' dx. A reduction over every token for the norm weight's gradient, the third pass the
+    unfolded norm had, would be a third."""
+    tokens = 8192
+    proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "gated_mixer_backward",
+                           "--tokens", str(tokens)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listing = re.search(r"^codegen case:gdn_hybrid_mixer_backward kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M)[1]
+    big = re.findall(r"(\w+) rsqrt:\w+ stores:(\d+) numel:(\d+)", listing)
+    big = [(name, int(stores)) for name, stores, numel in big if int(numel) >= tokens * 8 * 64]
+    assert len(big) == 2, listing
+    assert any(name.startswith("triton_per_") and stores == 2 for name, stores in big), listing
+
+
 def test_a_token_count_that_is_not_whole_sequences_is_refused():
     proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--tokens", "1000"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
