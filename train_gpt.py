@@ -264,7 +264,6 @@ def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t
-
 def synchronize(d: Dist) -> None:
     torch.cuda.synchronize(d.device) if d.device.type == "cuda" else None
 def autocast(d: Dist):
@@ -671,8 +670,9 @@ class GatedDeltaNet(nn.Module):
         gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
         o, scale = (rms_norm(o.float(), eps=1e-5) * gate).reshape(B, T, H * Vh), self.norm_weight.float().repeat(H)
-        o = self.o_proj((o * scale).to(x.dtype)) if self.o_proj._forward_pre_hooks else F.linear(o.to(x.dtype), self.o_proj.weight * scale)
-        return o, ((conv_state, S) if want_state else None)  # folded: no pass over tokens for its gradient; GPTQ's hook sees o * scale
+        hooked = self.o_proj._forward_pre_hooks or self.o_proj._forward_hooks  # hooks (GPTQ's) see o_proj's real input
+        o = self.o_proj((o * scale).to(x.dtype)) if hooked else F.linear(o.to(x.dtype), self.o_proj.weight * scale)
+        return o, ((conv_state, S) if want_state else None)  # folded: no pass over tokens for the norm weight's gradient
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
         return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)

@@ -35,8 +35,8 @@ def test_presets_forward_backward_every_parameter_gets_gradient(preset, layout, 
 
 @pytest.mark.parametrize("gate", [True, False])
 def test_gdn_norm_weight_folded_into_o_proj_matches_the_norm_then_projection(gate):
-    """The output norm's weight scales o_proj's weight (training) or o_proj's input (under a pre-hook, GPTQ's calibration):
-    the output and every gradient equal RMSNorm(o) * weight * gate, then o_proj."""
+    """The output norm's weight scales o_proj's weight, or o_proj's input while o_proj has a hook (GPTQ's calibration
+    uses a pre-hook): the output and every gradient equal RMSNorm(o) * weight * gate, then o_proj."""
     cfg = tg.load_config(["model=gdn_hybrid"] + TINY + [f"model.gdn_output_gate={str(gate).lower()}"]).model
     torch.manual_seed(0)
     mixer = tg.GatedDeltaNet(cfg)  # fp32: the mixer computes its norm in fp32
@@ -57,15 +57,18 @@ def test_gdn_norm_weight_folded_into_o_proj_matches_the_norm_then_projection(gat
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
         return [y.detach()] + [p.grad.clone() for p in mixer.parameters()]
     seen = []
-    for hooked in (False, True):  # without a hook the mixer folds the weight; with one it scales o_proj's input
-        hook = mixer.o_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach())) if hooked else None
+    hooks = {"none": lambda: None,
+             "pre": lambda: mixer.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach())),
+             "post": lambda: mixer.o_proj.register_forward_hook(lambda m, a, out: seen.append(a[0].detach()))}
+    for kind, register in hooks.items():  # without a hook the mixer folds the weight; with one o_proj gets its real input
+        hook = register()
         expected = output_and_grads(unfolded)
         for want, got in zip(expected, output_and_grads(lambda: mixer(x)[0]), strict=True):
-            assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 rounding in another order
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), kind  # fp32 rounding in another order
         if hook:
             hook.remove()
-    assert len(seen) == 2  # the unfolded formula's o_proj input and the hooked mixer's are the same
-    assert torch.allclose(seen[0], seen[1], rtol=1e-6, atol=1e-7)
+    assert len(seen) == 4  # per hook kind, the unfolded formula's o_proj input and the hooked mixer's: the same
+    assert all(torch.allclose(seen[i], seen[i + 1], rtol=1e-6, atol=1e-7) for i in (0, 2))
 
 
 @pytest.mark.parametrize("preset", ["gdn_hybrid", "attention"])
