@@ -128,8 +128,8 @@ def tail_case(mode, sources, tokens: int) -> dict[str, list[str]]:
     return out
 
 
-def training_forward_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: str = "forward") -> list[str]:
-    """Kernels of forward's training-forward graph (part="backward": its backward graph): traced and min-cut partitioned
+def training_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: str = "forward") -> list[str]:
+    """Kernels of forward's training graph, its forward or (part="backward") its backward: traced and min-cut partitioned
     on CPU (the autograd engine needs a real device), then retraced on fake CUDA tensors of the same shapes and
     generated for the H100."""
     from torch._functorch.aot_autograd import aot_module_simplified
@@ -172,7 +172,7 @@ def model_train_case(mode, sources, tokens: int, layout: str) -> dict[str, list[
             return (torch.func.functional_call(model, dict(zip(names, params)), (tokens_in, tokens_in)),)
     cpu_inputs = [torch.randint(0, cfg.model.vocab_size, (tokens // 8192, 8192))] + [
         p.detach().clone().requires_grad_() for p in model.parameters()]
-    return {f"model_train_{layout}": training_forward_kernels(forward, cpu_inputs, mode, sources)}
+    return {f"model_train_{layout}": training_kernels(forward, cpu_inputs, mode, sources)}
 
 
 def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybrid_lean", part: str = "forward"):
@@ -196,7 +196,7 @@ def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybr
     cpu_inputs = [torch.randn(seqs, 8192, cfg.model.model_dim, dtype=torch.bfloat16, requires_grad=True)] + [
         p.detach().clone().requires_grad_() for p in mixer.parameters()]
     label = "mixer_train" if preset == "gdn_hybrid_lean" and part == "forward" else f"{preset}_mixer_{part}"
-    return {label: training_forward_kernels(forward, cpu_inputs, mode, sources, part)}
+    return {label: training_kernels(forward, cpu_inputs, mode, sources, part)}
 
 
 def main() -> None:
@@ -214,13 +214,15 @@ def main() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     sources = pretend_cuda()
     mode = FakeTensorMode()
+    cases = {"tail": lambda: tail_case(mode, sources, args.tokens),
+             "mixer": lambda: mixer_cases(mode, sources, args.tokens, train=False),
+             "mixer_train": lambda: mixer_cases(mode, sources, args.tokens, train=True),
+             "gated_mixer_backward": lambda: mixer_cases(mode, sources, args.tokens, train=True, preset="gdn_hybrid",
+                                                         part="backward"),
+             "model_train": lambda: model_train_case(mode, sources, args.tokens, args.layout)}
     results = {}
     for case in args.case:
-        results.update(tail_case(mode, sources, args.tokens) if case == "tail" else
-                       model_train_case(mode, sources, args.tokens, args.layout) if case == "model_train" else
-                       mixer_cases(mode, sources, args.tokens, True, "gdn_hybrid", "backward")
-                       if case == "gated_mixer_backward" else
-                       mixer_cases(mode, sources, args.tokens, train=case == "mixer_train"))
+        results.update(cases[case]())
     for label, lines in results.items():
         print(f"codegen case:{label} kernels:{len(lines)}")
         for line in lines:
