@@ -14,6 +14,8 @@
 #                    FLA's three forward kernels against the one pass (scripts/gdn_fwd_fused_explore.py) in mJ a call
 #   norm             the GDN output norm alone in its formulations (scripts/gdn_out_norm_bench.py), then a lean profile at
 #                    8192: the output norm should be one inductor kernel per layer (docs/perf.md runs BC-BE)
+#   glue             the attention block's q/k norm + RoPE with RoPE's tables traced into the graph, from the rope_table
+#                    op (the trainer) and from an eager table: agreement, then times (scripts/attention_glue_bench.py)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
@@ -73,6 +75,7 @@ for step in "$@"; do
           python3 bench.py --presets gdn_hybrid_lean --seq-lens 8192 --steps 15 --warmup 3 --profile-dir $OUT 2>&1 \
             | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
           grep -hE "rms_norm" $OUT/profile_gdn_hybrid_lean_8192.txt | cut -c1-160 ;;
+    glue) python3 scripts/attention_glue_bench.py 2>&1 | grep --line-buffered -E "^attention_glue|Error" ;;
     warmup) n=0  # fresh cache directories: cold starts (carry no .corpus, or the shard build competes for the CPU)
             for run in gdn_hybrid:/tmp/warmup_hybrid gdn_hybrid:/tmp/warmup_hybrid attention:/tmp/warmup_attention; do
               n=$((n + 1))

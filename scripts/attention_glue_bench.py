@@ -1,0 +1,116 @@
+"""The attention block's glue (q/k RMSNorm + RoPE), by where RoPE's cos and sin come from (docs/perf.md runs OD, OE).
+
+Before run OD the trainer computed the tables inside the compiled graph, and inductor fused cos and sin into q's and
+k's norm + RoPE kernels: every element of q and k evaluated both functions, in the forward and again in the backward,
+and those kernels ran at ~0.7 TB/s on an H100. Now the tables come from train_gpt's `rope_table` op, which inductor
+cannot look into, so it reads them. Sources compared:
+  graph   the formula traced into the graph (the trainer before OD)
+  op      train_gpt.rope_table (the trainer now)
+  table   computed eagerly once and cached before compiling (the graph reads a constant): the floor for the op
+
+For each shape it checks that the three give the same outputs and gradients (the glue alone and a whole Attention
+module, compiled), then on CUDA times forward + backward of both, interleaved in rounds.
+
+    python scripts/attention_glue_bench.py [--shapes 48x2048 12x8192] [--rounds 3] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench  # noqa: E402
+import train_gpt as tg  # noqa: E402
+
+TABLES: dict = {}
+
+
+def rope_in_graph(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
+    angles = torch.outer(torch.arange(n, device=inv_freq.device, dtype=torch.float32), inv_freq)
+    return [angles.cos()[None, None], angles.sin()[None, None]]
+
+
+def rope_eager_table(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
+    return TABLES[n]
+
+
+SOURCES = {"graph": rope_in_graph, "op": tg.rope_table, "table": rope_eager_table}
+
+
+def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, dict]:
+    """Per source, a glue step and a module step (forward + backward, compiled) and their outputs and gradients."""
+    cfg = tg.load_config(["model=attention", "export=none"]).model
+    torch.manual_seed(0)
+    attn = tg.Attention(cfg).to(device)
+    torch.nn.init.normal_(attn.o_proj.weight, std=0.02)
+    TABLES[T] = [t.contiguous() for t in rope_in_graph(attn.inv_freq, T)]
+    Dkv, bf16 = attn.Hkv * attn.hd, dict(device=device, dtype=torch.bfloat16)
+    x = torch.randn(B, T, cfg.model_dim, **bf16, requires_grad=True)
+    qkv = torch.randn(B, T, cfg.model_dim + 2 * Dkv, **bf16, requires_grad=True)
+    dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, attn.H, T, attn.hd),
+                                                            (B, attn.Hkv, T, attn.hd)))
+
+    def glue(qkv):
+        q, k, _ = qkv.split([cfg.model_dim, Dkv, Dkv], dim=-1)
+        q = tg.rms_norm(q.view(B, T, attn.H, attn.hd)).transpose(1, 2)
+        k = tg.rms_norm(k.view(B, T, attn.Hkv, attn.hd)).transpose(1, 2)
+        cos, sin = tg.rope_table(attn.inv_freq, T)
+        return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
+    glue_c, module_c = torch.compile(glue), torch.compile(attn)
+    steps, results = {}, {}
+    for source, rope in SOURCES.items():
+        def glue_step(rope=rope):  # glue and Attention.forward look rope_table up in train_gpt; dynamo guards on it
+            tg.rope_table = rope
+            torch.autograd.backward(list(glue_c(qkv)), [gq, gk])
+
+        def module_step(rope=rope):
+            tg.rope_table = rope
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                module_c(x)[0].backward(dy)
+        qkv.grad = x.grad = None
+        attn.zero_grad()
+        glue_step(), module_step()
+        results[source] = ([t.detach().float() for t in glue_c(qkv)] + [qkv.grad.float(), x.grad.float()]
+                           + [p.grad.float() for p in attn.parameters()])
+        steps[f"glue_{source}"], steps[f"module_{source}"] = glue_step, module_step
+    tg.rope_table = SOURCES["op"]
+    return steps, results
+
+
+def max_rel_diff(results: dict, source: str) -> float:
+    """Largest difference of any output or gradient from the graph source's, relative to that tensor's largest value."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+               for a, b in zip(results[source], results["graph"], strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["48x2048", "12x8192"], help="sequences x length")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cuda", help="cpu: the agreement check alone, no timing")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    for shape in args.shapes:
+        B, T = (int(n) for n in shape.split("x"))
+        steps, results = glue_and_module_steps(B, T, device)
+        for source in ("op", "table"):
+            print(f"attention_glue shape:{shape} {source} vs graph max_rel_diff:{max_rel_diff(results, source):.2e}",
+                  flush=True)
+        if device.type != "cuda":
+            continue
+        times = bench.interleaved_times_ms(steps, args.rounds)
+        for name, ms in times.items():
+            print(f"attention_glue shape:{shape} case:{name} ms:{statistics.median(ms):.4f} rounds:"
+                  + ",".join(f"{t:.4f}" for t in ms), flush=True)
+        for part in ("glue", "module"):
+            graph, op, table = (statistics.median(times[f"{part}_{source}"]) * 1e3 for source in SOURCES)
+            print(f"attention_glue shape:{shape} {part} (forward + backward, us a layer call): graph {graph:.1f}, "
+                  f"op {op:.1f} (saves {graph - op:.1f}), table {table:.1f} (saves {graph - table:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""scripts/attention_glue_bench.py's agreement check on CPU: RoPE tables from the trainer's op, from an eager cache and
+traced into the graph give the same attention outputs and gradients (the GPU timing is docs/perf.md run OE)."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import attention_glue_bench as agb  # noqa: E402
+
+
+def test_the_three_rope_sources_agree_on_outputs_and_gradients():
+    steps, results = agb.glue_and_module_steps(2, 32, torch.device("cpu"))
+    assert set(steps) == {f"{part}_{source}" for part in ("glue", "module") for source in agb.SOURCES}
+    assert len(results["op"]) == 2 + 2 + 4  # q and k after RoPE, the input gradients, the four projections' gradients
+    for source in ("op", "table"):
+        assert agb.max_rel_diff(results, source) < 1e-2  # bf16: a rounding flip is 2^-8 of an element at most
+    assert agb.SOURCES["op"] is agb.tg.rope_table  # the script leaves the trainer's op in place
