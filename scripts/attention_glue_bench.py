@@ -41,6 +41,17 @@ def rope_eager_table(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
 SOURCES = {"graph": rope_in_graph, "op": tg.rope_table, "table": rope_eager_table}
 
 
+def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention.forward's glue between the qkv projection and SDPA without a carried state: q and k RMSNorm'd,
+    transposed to heads-first and rotated (scripts/inductor_codegen_offline.py's case attention_glue uses it too)."""
+    D, Dkv = attn.H * attn.hd, attn.Hkv * attn.hd
+    q, k, _ = qkv.split([D, Dkv, Dkv], dim=-1)
+    q = tg.rms_norm(q.view(B, T, attn.H, attn.hd)).transpose(1, 2)
+    k = tg.rms_norm(k.view(B, T, attn.Hkv, attn.hd)).transpose(1, 2)
+    cos, sin = tg.rope_table(attn.inv_freq, T)
+    return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
+
+
 def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, dict]:
     """Per source, a glue step and a module step (forward + backward, compiled) and their outputs and gradients."""
     cfg = tg.load_config(["model=attention", "export=none"]).model
@@ -54,13 +65,7 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, attn.H, T, attn.hd),
                                                             (B, attn.Hkv, T, attn.hd)))
 
-    def glue(qkv):
-        q, k, _ = qkv.split([cfg.model_dim, Dkv, Dkv], dim=-1)
-        q = tg.rms_norm(q.view(B, T, attn.H, attn.hd)).transpose(1, 2)
-        k = tg.rms_norm(k.view(B, T, attn.Hkv, attn.hd)).transpose(1, 2)
-        cos, sin = tg.rope_table(attn.inv_freq, T)
-        return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
-    glue_c, module_c = torch.compile(glue), torch.compile(attn)
+    glue_c, module_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T)), torch.compile(attn)
     steps, results = {}, {}
     for source, rope in SOURCES.items():
         def glue_step(rope=rope):  # glue and Attention.forward look rope_table up in train_gpt; dynamo guards on it

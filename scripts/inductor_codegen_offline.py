@@ -15,10 +15,13 @@ rstd and one recomputing the normalised output):
   gated_mixer_backward  the anchor's GatedDeltaNet (gdn_hybrid: conv and output gate) training backward (run ND: with
                the norm weight folded into o_proj, the gated norm's backward is one pass storing do and the gate's
                gradient; before, a reduction over every token for the weight's gradient was a pass of its own)
+  attention_glue  the attention block's q/k RMSNorm + RoPE, training forward and backward (run OD: with RoPE's tables
+               from train_gpt's rope_table op no kernel evaluates cos or sin; the backward walks q's and k's
+               gradients twice, a RoPE backward with the norm's row sums, then the norm's backward into d(qkv))
 
     python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train ...] [--train-gpt DIR] [--tokens 98304]
-For each case it prints one line per kernel: its name, whether it computes an rsqrt, its number of stores and the
-elements it covers at launch.
+For each case it prints one line per kernel: its name, whether it computes an rsqrt, whether it evaluates cos or sin,
+its number of stores and the elements it covers at launch.
 """
 from __future__ import annotations
 
@@ -81,13 +84,14 @@ def pretend_cuda() -> list[str]:
 
 
 def kernels(source: str) -> list[str]:
-    """One line per Triton kernel of a generated module: name, rsqrt or not, number of stores, and the elements it
-    covers at its launch (x numel, times r numel for a reduction)."""
+    """One line per Triton kernel of a generated module: name, rsqrt or not, cos/sin or not, number of stores, and the
+    elements it covers at its launch (x numel, times r numel for a reduction)."""
     lines = []
     for name, body in re.findall(r"^(\w+) = async_compile\.triton\('\w+', '''(.*?)'''", source, re.S | re.M):
         launch = re.search(rf"\b{name}\.run\(.*?((?:, \d+)+), stream=", source)
         numel = math.prod(int(n) for n in launch[1].split(", ")[1:]) if launch else 0
-        lines.append(f"{name} rsqrt:{'rsqrt' in body} stores:{body.count('tl.store(')} numel:{numel}")
+        trig = re.search(r"\b(cos|sin)\(", body) is not None
+        lines.append(f"{name} rsqrt:{'rsqrt' in body} trig:{trig} stores:{body.count('tl.store(')} numel:{numel}")
     return lines
 
 
@@ -154,6 +158,10 @@ def training_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: 
     except Captured:
         pass
     placeholders = [n.meta["val"] for n in captured[part].graph.nodes if n.op == "placeholder"]
+    for node in captured[part].graph.nodes:  # tensors the graph creates (arange, full, ...) were traced on the CPU
+        if isinstance(node.kwargs.get("device"), torch.device) and node.kwargs["device"].type == "cpu":
+            node.kwargs = {**node.kwargs, "device": torch.device("cuda", 0)}
+    captured[part].recompile()
     with mode:
         inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
         gm = make_fx(captured[part], tracing_mode="fake")(*inputs)
@@ -199,10 +207,27 @@ def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybr
     return {label: training_kernels(forward, cpu_inputs, mode, sources, part)}
 
 
+def attention_glue_case(mode, sources, tokens: int) -> dict[str, list[str]]:
+    """The attention block's q/k RMSNorm + RoPE (attention_glue_bench.attention_glue), training forward and backward."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import attention_glue_bench
+    import train_gpt as tg
+    cfg = tg.load_config(["model=attention", "export=none"]).model
+    H, Hkv, hd, seqs = cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads, tokens // 8192
+
+    def forward(qkv, inv_freq):
+        attn = types.SimpleNamespace(H=H, Hkv=Hkv, hd=hd, inv_freq=inv_freq)
+        return attention_glue_bench.attention_glue(qkv, attn, seqs, 8192)
+    cpu_inputs = [torch.randn(seqs, 8192, (H + 2 * Hkv) * hd, dtype=torch.bfloat16, requires_grad=True),
+                  cfg.rope_base ** -(torch.arange(0, hd, 2).float() / hd)]
+    return {f"attention_glue_{part}": training_kernels(forward, cpu_inputs, mode, sources, part)
+            for part in ("forward", "backward")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
-                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward"])
+                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward", "attention_glue"])
     parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
     parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
                         help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")
@@ -219,7 +244,8 @@ def main() -> None:
              "mixer_train": lambda: mixer_cases(mode, sources, args.tokens, train=True),
              "gated_mixer_backward": lambda: mixer_cases(mode, sources, args.tokens, train=True, preset="gdn_hybrid",
                                                          part="backward"),
-             "model_train": lambda: model_train_case(mode, sources, args.tokens, args.layout)}
+             "model_train": lambda: model_train_case(mode, sources, args.tokens, args.layout),
+             "attention_glue": lambda: attention_glue_case(mode, sources, args.tokens)}
     results = {}
     for case in args.case:
         results.update(cases[case]())

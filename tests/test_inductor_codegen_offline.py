@@ -17,7 +17,7 @@ def test_the_gdn_output_norm_is_one_kernel_in_every_offline_case():
     cases = dict(re.findall(r"^codegen case:(\w+) kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M))
     assert set(cases) == {"cast_then_reshape", "reshape_then_cast", "mixer_train"}, proc.stdout
     for case, listing in cases.items():
-        norms = re.findall(r"rsqrt:True stores:(\d+)", listing)
+        norms = re.findall(r"rsqrt:True trig:\w+ stores:(\d+)", listing)
         assert len(norms) == 1 and int(norms[0]) >= 2, (case, listing)
 
 
@@ -31,10 +31,27 @@ def test_the_gated_mixer_backward_walks_the_output_tensors_twice():
                            "--tokens", str(tokens)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     listing = re.search(r"^codegen case:gdn_hybrid_mixer_backward kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M)[1]
-    big = re.findall(r"(\w+) rsqrt:\w+ stores:(\d+) numel:(\d+)", listing)
+    big = re.findall(r"(\w+) rsqrt:\w+ trig:\w+ stores:(\d+) numel:(\d+)", listing)
     big = [(name, int(stores)) for name, stores, numel in big if int(numel) >= tokens * 8 * 64]
     assert len(big) == 2, listing
     assert any(name.startswith("triton_per_") and stores == 2 for name, stores in big), listing
+
+
+def test_the_attention_glue_evaluates_no_cos_or_sin_and_normalises_q_and_k_in_one_pass_each():
+    """With RoPE's tables from train_gpt's rope_table op (docs/perf.md run OD) no kernel of the attention glue's
+    training forward or backward evaluates cos or sin; traced into the graph, inductor fused both into q's and k's
+    kernels in both directions. The forward is one persistent reduction per tensor, storing rstd and the rotated rows.
+    Tracing runs on the CPU, so the tensors the graph creates have their device moved to the fake GPU's."""
+    tokens, heads, kv_heads, head_dim = 8192, 8, 4, 64
+    proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "attention_glue",
+                           "--tokens", str(tokens)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = dict(re.findall(r"^codegen case:(\w+) kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M))
+    assert set(cases) == {"attention_glue_forward", "attention_glue_backward"}, proc.stdout
+    assert "trig:True" not in proc.stdout and cases["attention_glue_backward"].count("trig:False") >= 2, proc.stdout
+    forward = re.findall(r"rsqrt:(\w+) trig:False stores:(\d+) numel:(\d+)", cases["attention_glue_forward"])
+    assert sorted(forward) == sorted([("True", "2", str(tokens * heads * head_dim)),
+                                      ("True", "2", str(tokens * kv_heads * head_dim))]), forward
 
 
 def test_a_token_count_that_is_not_whole_sequences_is_refused():
