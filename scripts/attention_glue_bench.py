@@ -9,7 +9,8 @@ cannot look into, so it reads them. Sources compared:
   table   computed eagerly once and cached before compiling (the graph reads a constant): the floor for the op
 
 For each shape it checks that the three give the same outputs and gradients (the glue alone and a whole Attention
-module, compiled), then on CUDA times forward + backward of both, interleaved in rounds.
+module, compiled), then on CUDA times forward + backward of each, interleaved in rounds. OE ran an earlier version
+of this script (it patched the module's RoPE method and drew new inputs per source); this one was run on CPU only.
 
     python scripts/attention_glue_bench.py [--shapes 48x2048 12x8192] [--rounds 3] [--device cuda]
 """
@@ -64,7 +65,6 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     qkv = torch.randn(B, T, cfg.model_dim + 2 * Dkv, **bf16, requires_grad=True)
     dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, attn.H, T, attn.hd),
                                                             (B, attn.Hkv, T, attn.hd)))
-
     glue_c, module_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T)), torch.compile(attn)
     steps, results = {}, {}
     for source, rope in SOURCES.items():
