@@ -59,7 +59,7 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     torch.manual_seed(0)
     attn = tg.Attention(cfg).to(device)
     torch.nn.init.normal_(attn.o_proj.weight, std=0.02)
-    TABLES[T] = [t.contiguous() for t in rope_in_graph(attn.inv_freq, T)]
+    TABLES[T] = rope_in_graph(attn.inv_freq, T)
     Dkv, bf16 = attn.Hkv * attn.hd, dict(device=device, dtype=torch.bfloat16)
     x = torch.randn(B, T, cfg.model_dim, **bf16, requires_grad=True)
     qkv = torch.randn(B, T, cfg.model_dim + 2 * Dkv, **bf16, requires_grad=True)

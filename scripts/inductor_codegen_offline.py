@@ -209,8 +209,7 @@ def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybr
 
 def attention_glue_case(mode, sources, tokens: int) -> dict[str, list[str]]:
     """The attention block's q/k RMSNorm + RoPE (attention_glue_bench.attention_glue), training forward and backward."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import attention_glue_bench
+    import attention_glue_bench  # beside this script, on sys.path as its directory
     import train_gpt as tg
     cfg = tg.load_config(["model=attention", "export=none"]).model
     H, Hkv, hd, seqs = cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads, tokens // 8192
