@@ -715,10 +715,9 @@ class Attention(nn.Module):
         self.register_buffer("inv_freq", cfg.rope_base ** -(torch.arange(0, self.hd, 2).float() / self.hd), persistent=False)
     def forward(self, x, state=None, want_state=False, attn_window=0):
         (B, T, D), weight = x.shape, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        q, k, v = F.linear(x, weight).split([D, self.Hkv * self.hd, self.Hkv * self.hd], dim=-1)
-        q = rms_norm(q.view(B, T, self.H, self.hd)).transpose(1, 2)
-        k = rms_norm(k.view(B, T, self.Hkv, self.hd)).transpose(1, 2)
-        v = v.view(B, T, self.Hkv, self.hd).transpose(1, 2)
+        # split by heads, not by columns: then inductor's backward of norm + RoPE is one pass per tensor into d(qkv)
+        q, k, v = F.linear(x, weight).view(B, T, -1, self.hd).split([self.H, self.Hkv, self.Hkv], dim=2)
+        q, k, v = rms_norm(q).transpose(1, 2), rms_norm(k).transpose(1, 2), v.transpose(1, 2)
         if state is None:
             cos, sin = rope_table(self.inv_freq, T)
             q_r, k_r, v_all, mask = rotate(q, cos, sin), rotate(k, cos, sin), v, None

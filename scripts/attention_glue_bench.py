@@ -8,9 +8,14 @@ cannot look into, so it reads them. Sources compared:
   op      train_gpt.rope_table (the trainer now)
   table   computed eagerly once and cached before compiling (the graph reads a constant): the floor for the op
 
-For each shape it checks that the three give the same outputs and gradients (the glue alone and a whole Attention
+Since run PA the trainer splits q|k|v by heads (a view as [B, T, heads, head_dim], then a split along heads) instead of
+by columns: split by columns, inductor's backward stored RoPE's gradient and re-read it to finish the norm's backward
+into d(qkv), two passes over q's and k's gradients; split by heads it is one. The glue split by columns (op source) is
+timed beside the three sources.
+
+For each shape it checks that all of them give the same outputs and gradients (the glue alone and a whole Attention
 module, compiled), then on CUDA times forward + backward of each, interleaved in rounds. OE ran an earlier version
-of this script (it patched the module's RoPE method and drew new inputs per source); this one was run on CPU only.
+of this script (it patched the module's RoPE method and drew new inputs per source).
 
     python scripts/attention_glue_bench.py [--shapes 48x2048 12x8192] [--rounds 3] [--device cuda]
 """
@@ -42,19 +47,23 @@ def rope_eager_table(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
 SOURCES = {"graph": rope_in_graph, "op": tg.rope_table, "table": rope_eager_table}
 
 
-def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int, split: str = "heads"):
     """Attention.forward's glue between the qkv projection and SDPA without a carried state: q and k RMSNorm'd,
-    transposed to heads-first and rotated (scripts/inductor_codegen_offline.py's case attention_glue uses it too)."""
-    D, Dkv = attn.H * attn.hd, attn.Hkv * attn.hd
-    q, k, _ = qkv.split([D, Dkv, Dkv], dim=-1)
-    q = tg.rms_norm(q.view(B, T, attn.H, attn.hd)).transpose(1, 2)
-    k = tg.rms_norm(k.view(B, T, attn.Hkv, attn.hd)).transpose(1, 2)
+    transposed to heads-first and rotated. split="columns": q|k|v split by columns, then viewed as heads (the trainer before run PA: its backward took two
+    passes over q's and k's gradients)."""
+    if split == "columns":
+        D, Dkv = attn.H * attn.hd, attn.Hkv * attn.hd
+        q, k, _ = (t.view(B, T, -1, attn.hd) for t in qkv.split([D, Dkv, Dkv], dim=-1))
+    else:
+        q, k, _ = qkv.view(B, T, -1, attn.hd).split([attn.H, attn.Hkv, attn.Hkv], dim=2)
+    q, k = tg.rms_norm(q).transpose(1, 2), tg.rms_norm(k).transpose(1, 2)
     cos, sin = tg.rope_table(attn.inv_freq, T)
     return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
 
 
 def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, dict]:
-    """Per source, a glue step and a module step (forward + backward, compiled) and their outputs and gradients."""
+    """Per source, a glue step and a module step (forward + backward, compiled) and their outputs and gradients; and
+    "glue_columns": the op's glue split by columns, with its outputs and qkv's gradient under results["columns"]."""
     cfg = tg.load_config(["model=attention", "export=none"]).model
     torch.manual_seed(0)
     attn = tg.Attention(cfg).to(device)
@@ -83,13 +92,18 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
                            + [p.grad.float() for p in attn.parameters()])
         steps[f"glue_{source}"], steps[f"module_{source}"] = glue_step, module_step
     tg.rope_table = SOURCES["op"]
+    columns_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T, split="columns"))
+    steps["glue_columns"] = lambda: torch.autograd.backward(list(columns_c(qkv)), [gq, gk])
+    qkv.grad = None
+    steps["glue_columns"]()
+    results["columns"] = [t.detach().float() for t in columns_c(qkv)] + [qkv.grad.float()]
     return steps, results
 
 
 def max_rel_diff(results: dict, source: str) -> float:
     """Largest difference of any output or gradient from the graph source's, relative to that tensor's largest value."""
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-               for a, b in zip(results[source], results["graph"], strict=True))
+               for a, b in zip(results[source], results["graph"][:len(results[source])], strict=True))
 
 
 def main() -> None:
@@ -102,7 +116,7 @@ def main() -> None:
     for shape in args.shapes:
         B, T = (int(n) for n in shape.split("x"))
         steps, results = glue_and_module_steps(B, T, device)
-        for source in ("op", "table"):
+        for source in ("op", "table", "columns"):
             print(f"attention_glue shape:{shape} {source} vs graph max_rel_diff:{max_rel_diff(results, source):.2e}",
                   flush=True)
         if device.type != "cuda":
@@ -115,6 +129,9 @@ def main() -> None:
             graph, op, table = (statistics.median(times[f"{part}_{source}"]) * 1e3 for source in SOURCES)
             print(f"attention_glue shape:{shape} {part} (forward + backward, us a layer call): graph {graph:.1f}, "
                   f"op {op:.1f} (saves {graph - op:.1f}), table {table:.1f} (saves {graph - table:.1f})", flush=True)
+        columns, heads = (statistics.median(times[f"glue_{split}"]) * 1e3 for split in ("columns", "op"))
+        print(f"attention_glue shape:{shape} glue split by columns {columns:.1f} us, by heads {heads:.1f} "
+              f"(saves {columns - heads:.1f})", flush=True)
 
 
 if __name__ == "__main__":

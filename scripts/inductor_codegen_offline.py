@@ -15,9 +15,10 @@ rstd and one recomputing the normalised output):
   gated_mixer_backward  the anchor's GatedDeltaNet (gdn_hybrid: conv and output gate) training backward (run ND: with
                the norm weight folded into o_proj, the gated norm's backward is one pass storing do and the gate's
                gradient; before, a reduction over every token for the weight's gradient was a pass of its own)
-  attention_glue  the attention block's q/k RMSNorm + RoPE, training forward and backward (run OD: with RoPE's tables
-               from train_gpt's rope_table op no kernel evaluates cos or sin; the backward walks q's and k's
-               gradients twice, a RoPE backward with the norm's row sums, then the norm's backward into d(qkv))
+  attention_block  train_gpt's Attention block, training forward and backward, SDPA by an opaque stand-in whose
+               gradients are laid out like its inputs, as cuDNN's are (run OD: with RoPE's tables from the rope_table op
+               no kernel evaluates cos or sin; run PA: with q|k|v split by heads, q's and k's norm + RoPE backward is
+               one pass each into d(qkv); split by columns it stored RoPE's gradient and re-read it)
 
     python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train ...] [--train-gpt DIR] [--tokens 98304]
 For each case it prints one line per kernel: its name, whether it computes an rsqrt, whether it evaluates cos or sin,
@@ -135,7 +136,7 @@ def tail_case(mode, sources, tokens: int) -> dict[str, list[str]]:
 def training_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: str = "forward") -> list[str]:
     """Kernels of forward's training graph, its forward or (part="backward") its backward: traced and min-cut partitioned
     on CPU (the autograd engine needs a real device), then retraced on fake CUDA tensors of the same shapes and
-    generated for the H100."""
+    strides, and generated for the H100."""
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor.decomposition import select_decomp_table
@@ -163,7 +164,7 @@ def training_kernels(forward, cpu_inputs: list, mode, sources: list[str], part: 
             node.kwargs = {**node.kwargs, "device": torch.device("cuda", 0)}
     captured[part].recompile()
     with mode:
-        inputs = [torch.empty(v.shape, dtype=v.dtype, device="cuda") for v in placeholders]
+        inputs = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="cuda") for v in placeholders]
         gm = make_fx(captured[part], tracing_mode="fake")(*inputs)
     return generate(gm, inputs, mode, sources, partitioned=True)
 
@@ -207,26 +208,51 @@ def mixer_cases(mode, sources, tokens: int, train: bool, preset: str = "gdn_hybr
     return {label: training_kernels(forward, cpu_inputs, mode, sources, part)}
 
 
-def attention_glue_case(mode, sources, tokens: int) -> dict[str, list[str]]:
-    """The attention block's q/k RMSNorm + RoPE (attention_glue_bench.attention_glue), training forward and backward."""
-    import attention_glue_bench  # beside this script, on sys.path as its directory
+def sdpa_stand_in_ops():
+    """An opaque stand-in for cuDNN's SDPA in a traced attention block: its backward returns each gradient laid out
+    like its input (empty_like, as aten's meta function for cuDNN's backward does), so inductor sees the layouts of
+    the GPU graph. The CPU's SDPA returns q's gradient token-major, under which either q|k|v split fuses."""
+    lib = "codegen_offline"
+    if hasattr(torch.ops, lib) and hasattr(getattr(torch.ops, lib), "sdpa"):
+        return getattr(torch.ops, lib).sdpa
+
+    @torch.library.custom_op(f"{lib}::sdpa", mutates_args=())
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return q.clone()
+
+    @torch.library.custom_op(f"{lib}::sdpa_backward", mutates_args=())
+    def sdpa_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
+        return [do.clone(), torch.zeros_like(k), torch.zeros_like(v)]
+    sdpa.register_fake(lambda q, k, v: torch.empty_like(q))
+    sdpa_backward.register_fake(lambda do, q, k, v: [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)])
+    sdpa.register_autograd(lambda ctx, do: tuple(sdpa_backward(do, *ctx.saved_tensors)),
+                           setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+    return sdpa
+
+
+def attention_block_case(mode, sources, tokens: int) -> dict[str, list[str]]:
+    """train_gpt's Attention block (qkv projection, q/k RMSNorm + RoPE, SDPA by its stand-in, o_proj), training
+    forward and backward."""
+    import unittest.mock
     import train_gpt as tg
     cfg = tg.load_config(["model=attention", "export=none"]).model
-    H, Hkv, hd, seqs = cfg.num_heads, cfg.num_kv_heads, cfg.model_dim // cfg.num_heads, tokens // 8192
+    attn, sdpa = tg.Attention(cfg), sdpa_stand_in_ops()
+    names = [n for n, _ in attn.named_parameters()] + ["inv_freq"]
 
-    def forward(qkv, inv_freq):
-        attn = types.SimpleNamespace(H=H, Hkv=Hkv, hd=hd, inv_freq=inv_freq)
-        return attention_glue_bench.attention_glue(qkv, attn, seqs, 8192)
-    cpu_inputs = [torch.randn(seqs, 8192, (H + 2 * Hkv) * hd, dtype=torch.bfloat16, requires_grad=True),
-                  cfg.rope_base ** -(torch.arange(0, hd, 2).float() / hd)]
-    return {f"attention_glue_{part}": training_kernels(forward, cpu_inputs, mode, sources, part)
+    def forward(x, *tensors):
+        with torch.autocast("cuda", dtype=torch.bfloat16), unittest.mock.patch.object(
+                tg.F, "scaled_dot_product_attention", lambda q, k, v, **kw: sdpa(q, k, v)):
+            return (torch.func.functional_call(attn, dict(zip(names, tensors)), (x,))[0],)
+    cpu_inputs = [torch.randn(tokens // 8192, 8192, cfg.model_dim, dtype=torch.bfloat16, requires_grad=True)] + [
+        p.detach().clone().requires_grad_() for p in attn.parameters()] + [attn.inv_freq.clone()]
+    return {f"attention_block_{part}": training_kernels(forward, cpu_inputs, mode, sources, part)
             for part in ("forward", "backward")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
-                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward", "attention_glue"])
+                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward", "attention_block"])
     parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
     parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
                         help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")
@@ -244,7 +270,7 @@ def main() -> None:
              "gated_mixer_backward": lambda: mixer_cases(mode, sources, args.tokens, train=True, preset="gdn_hybrid",
                                                          part="backward"),
              "model_train": lambda: model_train_case(mode, sources, args.tokens, args.layout),
-             "attention_glue": lambda: attention_glue_case(mode, sources, args.tokens)}
+             "attention_block": lambda: attention_block_case(mode, sources, args.tokens)}
     results = {}
     for case in args.case:
         results.update(cases[case]())

@@ -1,5 +1,6 @@
 """scripts/attention_glue_bench.py's agreement check on CPU: RoPE tables from the trainer's op, from an eager cache and
-traced into the graph give the same attention outputs and gradients (the GPU timing is docs/perf.md run OE)."""
+traced into the graph, and q|k|v split by heads or by columns, give the same attention outputs and gradients (the GPU
+timings are docs/perf.md runs OE and PA)."""
 import sys
 from pathlib import Path
 
@@ -9,10 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import attention_glue_bench as agb  # noqa: E402
 
 
-def test_the_three_rope_sources_agree_on_outputs_and_gradients():
+def test_the_three_rope_sources_and_both_qkv_splits_agree_on_outputs_and_gradients():
     steps, results = agb.glue_and_module_steps(2, 32, torch.device("cpu"))
-    assert set(steps) == {f"{part}_{source}" for part in ("glue", "module") for source in agb.SOURCES}
+    assert set(steps) == {f"{part}_{source}" for part in ("glue", "module") for source in agb.SOURCES} | {"glue_columns"}
     assert len(results["op"]) == 2 + 2 + 4  # q and k after RoPE, the input gradients, the four projections' gradients
-    for source in ("op", "table"):
+    assert len(results["columns"]) == 2 + 1  # q|k|v split by columns: q and k after RoPE, qkv's gradient
+    for source in ("op", "table", "columns"):
         assert agb.max_rel_diff(results, source) < 1e-2  # bf16: a rounding flip is 2^-8 of an element at most
     assert agb.SOURCES["op"] is agb.tg.rope_table  # the script leaves the trainer's op in place

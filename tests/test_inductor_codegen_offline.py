@@ -37,21 +37,26 @@ def test_the_gated_mixer_backward_walks_the_output_tensors_twice():
     assert any(name.startswith("triton_per_") and stores == 2 for name, stores in big), listing
 
 
-def test_the_attention_glue_evaluates_no_cos_or_sin_and_normalises_q_and_k_in_one_pass_each():
-    """With RoPE's tables from train_gpt's rope_table op (docs/perf.md run OD) no kernel of the attention glue's
-    training forward or backward evaluates cos or sin; traced into the graph, inductor fused both into q's and k's
-    kernels in both directions. The forward is one persistent reduction per tensor, storing rstd and the rotated rows.
-    Tracing runs on the CPU, so the tensors the graph creates have their device moved to the fake GPU's."""
+def test_the_attention_block_evaluates_no_cos_or_sin_and_walks_q_and_k_once_each_way():
+    """train_gpt's Attention block, SDPA by an opaque stand-in whose gradients are laid out like its inputs (cuDNN's):
+    with RoPE's tables from the rope_table op (docs/perf.md run OD) no kernel evaluates cos or sin (traced into the
+    graph, inductor fused both into q's and k's kernels in both directions). q's and k's norm + RoPE are one persistent
+    reduction each way, storing rstd and the rotated rows forward and only d(qkv)'s slice backward: with q|k|v split by
+    columns (the trainer before run PA) the backward stored RoPE's gradient and re-read it in a second kernel, 10
+    kernels in all. Tracing runs on the CPU, so the tensors the graph creates have their device moved to the fake GPU's."""
     tokens, heads, kv_heads, head_dim = 8192, 8, 4, 64
-    proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "attention_glue",
+    proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "attention_block",
                            "--tokens", str(tokens)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cases = dict(re.findall(r"^codegen case:(\w+) kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M))
-    assert set(cases) == {"attention_glue_forward", "attention_glue_backward"}, proc.stdout
-    assert "trig:True" not in proc.stdout and cases["attention_glue_backward"].count("trig:False") >= 2, proc.stdout
-    forward = re.findall(r"rsqrt:(\w+) trig:False stores:(\d+) numel:(\d+)", cases["attention_glue_forward"])
-    assert sorted(forward) == sorted([("True", "2", str(tokens * heads * head_dim)),
-                                      ("True", "2", str(tokens * kv_heads * head_dim))]), forward
+    assert set(cases) == {"attention_block_forward", "attention_block_backward"}, proc.stdout
+    assert "trig:True" not in proc.stdout, proc.stdout
+    q_numel, k_numel = str(tokens * heads * head_dim), str(tokens * kv_heads * head_dim)
+    reductions = {part: re.findall(r"triton_per_fused_\d+ rsqrt:(\w+) trig:False stores:(\d+) numel:(\d+)", cases[part])
+                  for part in cases}
+    assert sorted(reductions["attention_block_forward"]) == [("True", "2", k_numel), ("True", "2", q_numel)], proc.stdout
+    assert sorted(reductions["attention_block_backward"]) == [("False", "1", k_numel), ("False", "1", q_numel)], proc.stdout
+    assert cases["attention_block_backward"].count("\n") == 8, proc.stdout
 
 
 def test_a_token_count_that_is_not_whole_sequences_is_refused():
