@@ -74,7 +74,9 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     qkv = torch.randn(B, T, cfg.model_dim + 2 * Dkv, **bf16, requires_grad=True)
     dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, attn.H, T, attn.hd),
                                                             (B, attn.Hkv, T, attn.hd)))
-    glue_c, module_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T)), torch.compile(attn)
+    torch._dynamo.reset()  # static kernels for each shape, as the trainer's (a second shape would compile dynamic ones)
+    glue_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T), dynamic=False)
+    module_c = torch.compile(attn, dynamic=False)
     steps, results = {}, {}
     for source, rope in SOURCES.items():
         def glue_step(rope=rope):  # glue and Attention.forward look rope_table up in train_gpt; dynamo guards on it
@@ -92,7 +94,7 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
                            + [p.grad.float() for p in attn.parameters()])
         steps[f"glue_{source}"], steps[f"module_{source}"] = glue_step, module_step
     tg.rope_table = SOURCES["op"]
-    columns_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T, split="columns"))
+    columns_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T, split="columns"), dynamic=False)
     steps["glue_columns"] = lambda: torch.autograd.backward(list(columns_c(qkv)), [gq, gk])
     qkv.grad = None
     steps["glue_columns"]()

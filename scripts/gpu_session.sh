@@ -15,7 +15,8 @@
 #   norm             the GDN output norm alone in its formulations (scripts/gdn_out_norm_bench.py), then a lean profile at
 #                    8192: the output norm should be one inductor kernel per layer (docs/perf.md runs BC-BE)
 #   glue             the attention block's q/k norm + RoPE with RoPE's tables traced into the graph, from the rope_table
-#                    op (the trainer) and from an eager table: agreement, then times (scripts/attention_glue_bench.py)
+#                    op (the trainer) and from an eager table, and q|k|v split by columns (the trainer before run PA):
+#                    agreement, then times (scripts/attention_glue_bench.py)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
