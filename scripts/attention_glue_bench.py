@@ -49,8 +49,8 @@ SOURCES = {"graph": rope_in_graph, "op": tg.rope_table, "table": rope_eager_tabl
 
 def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int, split: str = "heads"):
     """Attention.forward's glue between the qkv projection and SDPA without a carried state: q and k RMSNorm'd,
-    transposed to heads-first and rotated. split="columns": q|k|v split by columns, then viewed as heads (the trainer before run PA: its backward took two
-    passes over q's and k's gradients)."""
+    transposed to heads-first and rotated. split="columns": q|k|v split by columns, then viewed as heads (the trainer
+    before run PA: its backward took two passes over q's and k's gradients)."""
     if split == "columns":
         D, Dkv = attn.H * attn.hd, attn.Hkv * attn.hd
         q, k, _ = (t.view(B, T, -1, attn.hd) for t in qkv.split([D, Dkv, Dkv], dim=-1))

@@ -252,7 +252,8 @@ def attention_block_case(mode, sources, tokens: int) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
-                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward", "attention_block"])
+                        choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward",
+                                 "attention_block"])
     parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
     parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
                         help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")

@@ -12,7 +12,8 @@ import attention_glue_bench as agb  # noqa: E402
 
 def test_the_three_rope_sources_and_both_qkv_splits_agree_on_outputs_and_gradients():
     steps, results = agb.glue_and_module_steps(2, 32, torch.device("cpu"))
-    assert set(steps) == {f"{part}_{source}" for part in ("glue", "module") for source in agb.SOURCES} | {"glue_columns"}
+    cases = {f"{part}_{source}" for part in ("glue", "module") for source in agb.SOURCES}
+    assert set(steps) == cases | {"glue_columns"}
     assert len(results["op"]) == 2 + 2 + 4  # q and k after RoPE, the input gradients, the four projections' gradients
     assert len(results["columns"]) == 2 + 1  # q|k|v split by columns: q and k after RoPE, qkv's gradient
     for source in ("op", "table", "columns"):
