@@ -693,11 +693,11 @@ class GatedDeltaNet(nn.Module):
 
 @torch.library.custom_op(GDN_OPS + "::rope_table", mutates_args=())
 def rope_table(inv_freq: Tensor, n: int) -> list[Tensor]:
-    """RoPE's cos and sin for n positions, [1, 1, n, head_dim / 2]: an op, so that inductor reads these tables in q's and
-    k's kernels instead of fusing in cos and sin for each of their elements (run OD: the attention model's step -7%)."""
+    """RoPE's cos and sin for n positions, [n, 1, head_dim / 2] (for [B, n, heads, head_dim]): an op, so that inductor
+    reads these tables in q's and k's kernels instead of fusing in cos and sin for each of their elements (run OD)."""
     angles = torch.outer(torch.arange(n, device=inv_freq.device, dtype=torch.float32), inv_freq)
-    return [angles.cos()[None, None], angles.sin()[None, None]]
-rope_table.register_fake(lambda inv_freq, n: [inv_freq.new_empty(1, 1, n, inv_freq.numel()) for _ in range(2)])
+    return [angles.cos()[:, None], angles.sin()[:, None]]
+rope_table.register_fake(lambda inv_freq, n: [inv_freq.new_empty(n, 1, inv_freq.numel()) for _ in range(2)])
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -715,19 +715,20 @@ class Attention(nn.Module):
         self.register_buffer("inv_freq", cfg.rope_base ** -(torch.arange(0, self.hd, 2).float() / self.hd), persistent=False)
     def forward(self, x, state=None, want_state=False, attn_window=0):
         (B, T, D), weight = x.shape, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        # split by heads, not by columns: then inductor's backward of norm + RoPE is one pass per tensor into d(qkv)
+        # Split by heads, not by columns, and RoPE in [B, T, heads, hd]: inductor's backward of norm + RoPE is then one
+        # pass per tensor into d(qkv) (run PA), and SDPA's output comes token-major, which o_proj reads without a copy.
         q, k, v = F.linear(x, weight).view(B, T, -1, self.hd).split([self.H, self.Hkv, self.Hkv], dim=2)
-        q, k, v = rms_norm(q).transpose(1, 2), rms_norm(k).transpose(1, 2), v.transpose(1, 2)
+        q, k, v = rms_norm(q), rms_norm(k), v.transpose(1, 2)
         if state is None:
             cos, sin = rope_table(self.inv_freq, T)
-            q_r, k_r, v_all, mask = rotate(q, cos, sin), rotate(k, cos, sin), v, None
-            k_all, valid = k, torch.ones(B, T, dtype=torch.bool, device=x.device)
+            q_r, k_r, v_all, mask = rotate(q, cos, sin).transpose(1, 2), rotate(k, cos, sin).transpose(1, 2), v, None
+            k_all, valid = k.transpose(1, 2), torch.ones(B, T, dtype=torch.bool, device=x.device)
         else:
             (prev_k, prev_v, prev_valid), P = state, state[0].shape[2]
-            k_all, v_all = torch.cat([prev_k.to(k.dtype), k], 2), torch.cat([prev_v.to(v.dtype), v], 2)
+            k_all, v_all = torch.cat([prev_k.to(k.dtype), k.transpose(1, 2)], 2), torch.cat([prev_v.to(v.dtype), v], 2)
             valid = torch.cat([prev_valid, torch.ones(B, T, dtype=torch.bool, device=x.device)], 1)
             cos, sin = rope_table(self.inv_freq, P + T)
-            q_r, k_r = rotate(q, cos[:, :, P:], sin[:, :, P:]), rotate(k_all, cos, sin)
+            q_r, k_r = rotate(q, cos[P:], sin[P:]).transpose(1, 2), rotate(k_all.transpose(1, 2), cos, sin).transpose(1, 2)
             distance = torch.arange(P, P + T, device=x.device)[:, None] - torch.arange(P + T, device=x.device)
             visible = (distance >= 0) & ((distance < attn_window) if attn_window else True)
             mask = (visible[None] & valid[:, None, :])[:, None]

@@ -37,7 +37,7 @@ TABLES: dict = {}
 
 def rope_in_graph(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
     angles = torch.outer(torch.arange(n, device=inv_freq.device, dtype=torch.float32), inv_freq)
-    return [angles.cos()[None, None], angles.sin()[None, None]]
+    return [angles.cos()[:, None], angles.sin()[:, None]]
 
 
 def rope_eager_table(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -48,17 +48,19 @@ SOURCES = {"graph": rope_in_graph, "op": tg.rope_table, "table": rope_eager_tabl
 
 
 def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int, split: str = "heads"):
-    """Attention.forward's glue between the qkv projection and SDPA without a carried state: q and k RMSNorm'd,
-    transposed to heads-first and rotated. split="columns": q|k|v split by columns, then viewed as heads (the trainer
-    before run PA: its backward took two passes over q's and k's gradients)."""
+    """Attention.forward's glue between the qkv projection and SDPA without a carried state: q and k split by heads,
+    RMSNorm'd and rotated token-major, then transposed to heads-first views. split="columns": the trainer before run
+    PA, q|k|v split by columns, viewed as heads, transposed, then rotated into heads-first tensors (its backward took
+    two passes over q's and k's gradients)."""
     if split == "columns":
         D, Dkv = attn.H * attn.hd, attn.Hkv * attn.hd
         q, k, _ = (t.view(B, T, -1, attn.hd) for t in qkv.split([D, Dkv, Dkv], dim=-1))
-    else:
-        q, k, _ = qkv.view(B, T, -1, attn.hd).split([attn.H, attn.Hkv, attn.Hkv], dim=2)
-    q, k = tg.rms_norm(q).transpose(1, 2), tg.rms_norm(k).transpose(1, 2)
+        q, k = tg.rms_norm(q).transpose(1, 2), tg.rms_norm(k).transpose(1, 2)
+        cos, sin = (t.transpose(0, 1)[None] for t in tg.rope_table(attn.inv_freq, T))  # [1, 1, T, hd / 2]
+        return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
+    q, k, _ = qkv.view(B, T, -1, attn.hd).split([attn.H, attn.Hkv, attn.Hkv], dim=2)
     cos, sin = tg.rope_table(attn.inv_freq, T)
-    return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
+    return (tg.rotate(tg.rms_norm(t), cos, sin).transpose(1, 2) for t in (q, k))
 
 
 def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, dict]:
@@ -72,8 +74,12 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     Dkv, bf16 = attn.Hkv * attn.hd, dict(device=device, dtype=torch.bfloat16)
     x = torch.randn(B, T, cfg.model_dim, **bf16, requires_grad=True)
     qkv = torch.randn(B, T, cfg.model_dim + 2 * Dkv, **bf16, requires_grad=True)
-    dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, attn.H, T, attn.hd),
-                                                            (B, attn.Hkv, T, attn.hd)))
+    dy, gq, gk = (torch.randn(*shape, **bf16) for shape in ((B, T, cfg.model_dim), (B, T, attn.H, attn.hd),
+                                                            (B, T, attn.Hkv, attn.hd)))
+    # q's and k's gradients laid out as cuDNN's SDPA hands them back, like its inputs: token-major now, heads-first
+    # before run PA
+    gq_columns, gk_columns = (g.transpose(1, 2).contiguous() for g in (gq, gk))
+    gq, gk = gq.transpose(1, 2), gk.transpose(1, 2)
     torch._dynamo.reset()  # static kernels for each shape, as the trainer's (a second shape would compile dynamic ones)
     glue_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T), dynamic=False)
     module_c = torch.compile(attn, dynamic=False)
@@ -95,7 +101,7 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
         steps[f"glue_{source}"], steps[f"module_{source}"] = glue_step, module_step
     tg.rope_table = SOURCES["op"]
     columns_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T, split="columns"), dynamic=False)
-    steps["glue_columns"] = lambda: torch.autograd.backward(list(columns_c(qkv)), [gq, gk])
+    steps["glue_columns"] = lambda: torch.autograd.backward(list(columns_c(qkv)), [gq_columns, gk_columns])
     qkv.grad = None
     steps["glue_columns"]()
     results["columns"] = [t.detach().float() for t in columns_c(qkv)] + [qkv.grad.float()]

@@ -43,8 +43,9 @@ def test_the_attention_block_evaluates_no_cos_or_sin_and_walks_q_and_k_once_each
     graph, inductor fused both into q's and k's kernels in both directions). q's and k's norm + RoPE are one persistent
     reduction each way, storing rstd and the rotated rows forward and only d(qkv)'s slice backward: with q|k|v split by
     columns (the trainer before run PA) the backward stored RoPE's gradient and re-read it in a second kernel, 10
-    kernels in all. Tracing runs on the CPU, so the tensors the graph creates have their device moved to the fake
-    GPU's."""
+    kernels in all. RoPE runs token-major, so SDPA's output is token-major too and o_proj reads it without a transpose
+    copy: 3 forward kernels, 4 before. Tracing runs on the CPU, so the tensors the graph creates have their device
+    moved to the fake GPU's."""
     tokens, heads, kv_heads, head_dim = 8192, 8, 4, 64
     proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "attention_block",
                            "--tokens", str(tokens)], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -60,6 +61,7 @@ def test_the_attention_block_evaluates_no_cos_or_sin_and_walks_q_and_k_once_each
     assert sorted(reductions["attention_block_forward"]) == sorted(want_forward), proc.stdout
     assert sorted(reductions["attention_block_backward"]) == sorted(want_backward), proc.stdout
     assert cases["attention_block_backward"].count("\n") == 8, proc.stdout
+    assert cases["attention_block_forward"].count("\n") == 3, proc.stdout  # the q/k reductions and the weights' cast
 
 
 def test_a_token_count_that_is_not_whole_sequences_is_refused():

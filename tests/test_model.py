@@ -75,7 +75,7 @@ def test_gdn_norm_weight_folded_into_o_proj_matches_the_norm_then_projection(gat
 
 def test_rope_tables_come_from_an_op_so_compiled_attention_evaluates_no_trig_per_element():
     """Inductor fused RoPE's cos and sin into q's and k's kernels, one evaluation per element, forward and backward (run
-    OD: the attention model's step 7% slower on an H100). From the rope_table op it reads [1, 1, n, hd/2] tables."""
+    OD: the attention model's step 7% slower on an H100). From the rope_table op it reads [n, 1, hd/2] tables."""
     from torch._inductor.utils import run_and_get_code
     cfg = tg.load_config(["model=attention"] + TINY).model
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def test_rope_tables_come_from_an_op_so_compiled_attention_evaluates_no_trig_per
     torch.nn.init.normal_(attn.o_proj.weight, std=0.1)
     cos, sin = tg.rope_table(attn.inv_freq, 24)
     angles = torch.arange(24.0)[:, None] * cfg.rope_base ** (-torch.arange(0, attn.hd, 2) / attn.hd)
-    assert cos.shape == sin.shape == (1, 1, 24, attn.hd // 2)
-    assert torch.allclose(cos[0, 0], angles.cos(), atol=1e-6) and torch.allclose(sin[0, 0], angles.sin(), atol=1e-6)
+    assert cos.shape == sin.shape == (24, 1, attn.hd // 2)  # token-major, as q and k are rotated (run PA)
+    assert torch.allclose(cos[:, 0], angles.cos(), atol=1e-6) and torch.allclose(sin[:, 0], angles.sin(), atol=1e-6)
     x = torch.randn(2, 24, cfg.model_dim)
 
     def step(fn):
