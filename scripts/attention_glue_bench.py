@@ -9,9 +9,10 @@ cannot look into, so it reads them. Sources compared:
   table   computed eagerly once and cached before compiling (the graph reads a constant): the floor for the op
 
 Since run PA the trainer splits q|k|v by heads (a view as [B, T, heads, head_dim], then a split along heads) instead of
-by columns: split by columns, inductor's backward stored RoPE's gradient and re-read it to finish the norm's backward
-into d(qkv), two passes over q's and k's gradients; split by heads it is one. The glue split by columns (op source) is
-timed beside the three sources.
+by columns. Split by columns, inductor's backward stored RoPE's gradient and re-read it to finish the norm's backward
+into d(qkv): two passes over q's and k's gradients. Split by heads, it is one. Since run PD, RoPE runs token-major, and
+SDPA gets transposed views. The glue as it was before PA (split by columns, rotated heads-first, op source) is timed
+beside the three sources, each form given its gradients in the layout cuDNN would hand back.
 
 For each shape it checks that all of them give the same outputs and gradients (the glue alone and a whole Attention
 module, compiled), then on CUDA times forward + backward of each, interleaved in rounds. OE ran an earlier version
@@ -60,7 +61,7 @@ def attention_glue(qkv: torch.Tensor, attn: tg.Attention, B: int, T: int, split:
         return tg.rotate(q, cos, sin), tg.rotate(k, cos, sin)
     q, k, _ = qkv.view(B, T, -1, attn.hd).split([attn.H, attn.Hkv, attn.Hkv], dim=2)
     cos, sin = tg.rope_table(attn.inv_freq, T)
-    return (tg.rotate(tg.rms_norm(t), cos, sin).transpose(1, 2) for t in (q, k))
+    return tuple(tg.rotate(tg.rms_norm(t), cos, sin).transpose(1, 2) for t in (q, k))
 
 
 def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, dict]:
