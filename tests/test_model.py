@@ -83,7 +83,7 @@ def test_rope_tables_come_from_an_op_so_compiled_attention_evaluates_no_trig_per
     torch.nn.init.normal_(attn.o_proj.weight, std=0.1)
     cos, sin = tg.rope_table(attn.inv_freq, 24)
     angles = torch.arange(24.0)[:, None] * cfg.rope_base ** (-torch.arange(0, attn.hd, 2) / attn.hd)
-    assert cos.shape == sin.shape == (24, 1, attn.hd // 2)  # token-major, as q and k are rotated (run PA)
+    assert cos.shape == sin.shape == (24, 1, attn.hd // 2)  # token-major, as q and k are rotated (run PD)
     assert torch.allclose(cos[:, 0], angles.cos(), atol=1e-6) and torch.allclose(sin[:, 0], angles.sin(), atol=1e-6)
     x = torch.randn(2, 24, cfg.model_dim)
 
