@@ -669,10 +669,11 @@ class GatedDeltaNet(nn.Module):
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
         gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
-        o, scale = (rms_norm(o.float(), eps=1e-5) * gate).reshape(B, T, H * Vh), self.norm_weight.float().repeat(H)
+        o, scale = rms_norm(o.float(), eps=1e-5) * gate, self.norm_weight.float()  # cast before flatten: one pass (run PE)
         hooked = self.o_proj._forward_pre_hooks or self.o_proj._forward_hooks  # hooks (GPTQ's) see o_proj's real input
-        o = self.o_proj((o * scale).to(x.dtype)) if hooked else F.linear(o.to(x.dtype), self.o_proj.weight * scale)
-        return o, ((conv_state, S) if want_state else None)  # folded: no pass over tokens for the norm weight's gradient
+        o = self.o_proj((o * scale).to(x.dtype).flatten(2)) if hooked else F.linear(
+            o.to(x.dtype).flatten(2), self.o_proj.weight * scale.repeat(H))  # folded: no pass over tokens for its gradient
+        return o, ((conv_state, S) if want_state else None)
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
         return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)
@@ -715,8 +716,7 @@ class Attention(nn.Module):
         self.register_buffer("inv_freq", cfg.rope_base ** -(torch.arange(0, self.hd, 2).float() / self.hd), persistent=False)
     def forward(self, x, state=None, want_state=False, attn_window=0):
         (B, T, D), weight = x.shape, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        # Split by heads, not by columns, and RoPE in [B, T, heads, hd]: inductor's backward of norm + RoPE is then one
-        # pass per tensor into d(qkv) (run PA), and SDPA's output comes token-major, which o_proj reads without a copy.
+        # Split by heads, RoPE token-major: one backward pass per tensor into d(qkv) (run PA), no copy before o_proj (PD)
         q, k, v = F.linear(x, weight).view(B, T, -1, self.hd).split([self.H, self.Hkv, self.Hkv], dim=2)
         q, k, v = rms_norm(q), rms_norm(k), v.transpose(1, 2)
         if state is None:

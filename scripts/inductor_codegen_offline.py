@@ -20,6 +20,10 @@ rstd and one recomputing the normalised output):
                no kernel evaluates cos or sin; run PA: with q|k|v split by heads, q's and k's norm + RoPE backward is
                one pass each into d(qkv); split by columns it stored RoPE's gradient and re-read it)
 
+Fusion decisions change between torch versions: run it under the GPU's torch for answers about the GPU. A CUDA build
+of torch installs and imports here without a driver (e.g. torch==2.11.0 in a separate venv, the lent machines'
+version: docs/perf.md run PE; this machine's torch 2.13 fuses the GDN output norm in either order, 2.11 does not).
+
     python scripts/inductor_codegen_offline.py [--case tail mixer mixer_train ...] [--train-gpt DIR] [--tokens 98304]
 For each case it prints one line per kernel: its name, whether it computes an rsqrt, whether it evaluates cos or sin,
 its number of stores and the elements it covers at launch.
@@ -52,11 +56,13 @@ def pretend_cuda() -> list[str]:
     import torch._inductor.config as inductor_config
     import torch._inductor.fx_passes.joint_graph as joint_graph
     import torch._inductor.graph as graph
+    import torch._subclasses.fake_tensor as fake_tensor
     import torch.utils._triton as torch_triton
     from torch._dynamo import device_interface
     from triton.backends.compiler import GPUTarget
     inductor_config.pattern_matcher = False
     joint_graph.lazy_init = lambda *a, **k: None
+    fake_tensor.init_gpu_context = lambda device: None  # a CUDA build of torch initialises the (absent) driver here
     fakes = dict(get_device_properties=lambda *a, **k: H100, get_device_capability=lambda *a, **k: (9, 0),
                  is_available=lambda: True, device_count=lambda: 1, current_device=lambda: 0, set_device=lambda *a: None,
                  synchronize=lambda *a: None, get_rng_state=lambda *a, **k: torch.zeros(16, dtype=torch.uint8),

@@ -73,6 +73,27 @@ def test_gdn_norm_weight_folded_into_o_proj_matches_the_norm_then_projection(gat
     assert all(torch.allclose(seen[i], seen[i + 1], rtol=1e-6, atol=1e-7) for i in (0, 2))
 
 
+@pytest.mark.parametrize("gate", [True, False])
+def test_gdn_output_is_cast_to_bf16_before_its_heads_are_flattened(gate):
+    """torch 2.11's inductor (the lent GPUs') splits the output norm into two passes, one storing rstd and one reading o
+    again, when the [B, T, H, V] -> [B, T, H * V] view comes before the bf16 cast (runs BD, PE: scripts/
+    inductor_codegen_offline.py under torch 2.11; this CPU's torch 2.13 fuses either order). The traced graph casts
+    the norm's 4-D output, then views it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    cfg = tg.load_config(["model=gdn_hybrid"] + TINY + [f"model.gdn_output_gate={str(gate).lower()}"]).model
+    mixer, x = tg.GatedDeltaNet(cfg), torch.randn(2, 24, cfg.model_dim, dtype=torch.bfloat16)
+
+    def forward(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return mixer(x)[0]
+    graph = make_fx(forward)(x).graph
+    tokens_by_heads = 2 * 24 * mixer.H * mixer.Vh
+    casts = [n for n in graph.nodes if n.target == torch.ops.aten._to_copy.default and n.kwargs.get("dtype") ==
+             torch.bfloat16 and n.args[0].meta["val"].dtype == torch.float32 and n.meta["val"].numel() == tokens_by_heads]
+    assert len(casts) == 1, casts  # the norm's output, cast for o_proj
+    assert casts[0].meta["val"].shape == (2, 24, mixer.H, mixer.Vh), casts[0].meta["val"].shape
+
+
 def test_rope_tables_come_from_an_op_so_compiled_attention_evaluates_no_trig_per_element():
     """Inductor fused RoPE's cos and sin into q's and k's kernels, one evaluation per element, forward and backward (run
     OD: the attention model's step 7% slower on an H100). From the rope_table op it reads [n, 1, hd/2] tables."""
