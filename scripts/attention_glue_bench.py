@@ -36,9 +36,7 @@ import train_gpt as tg  # noqa: E402
 TABLES: dict = {}
 
 
-def rope_in_graph(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
-    angles = torch.outer(torch.arange(n, device=inv_freq.device, dtype=torch.float32), inv_freq)
-    return [angles.cos()[:, None], angles.sin()[:, None]]
+rope_in_graph = tg.rope_table._init_fn  # the op's own body as a plain function: dynamo traces it into the graph
 
 
 def rope_eager_table(inv_freq: torch.Tensor, n: int) -> list[torch.Tensor]:
