@@ -158,9 +158,17 @@ def kernel_category(name: str) -> str:
     return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in lower for k in keys)), "other")
 
 
+def top_kernels(kernels: list[tuple[str, int, float]], steps: int, n: int = 30) -> list[dict]:
+    """(name, calls, device us) per kernel over `steps` profiled steps -> the n costliest, each with its category, us a
+    call, calls and ms a step (issue 7's report lists the top GDN kernels this way)."""
+    return [dict(name=name, category=kernel_category(name), us_per_call=total_us / calls, calls_per_step=calls / steps,
+                 ms_per_step=total_us / 1000 / steps) for name, calls, total_us in sorted(kernels, key=lambda k: -k[2])[:n]]
+
+
 def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
-    """torch.profiler over a few steps: device time per step by kernel category, then the top kernels by device
-    time. The category sum against the step's wall time says whether the step is GPU-bound."""
+    """torch.profiler over a few steps: device time per step by kernel category, the costliest kernels, GPU time by
+    host phase, then the profiler's own table. The category sum against the step's wall time says whether the step
+    is GPU-bound."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -187,6 +195,12 @@ def write_profile(trainer: tg.Trainer, path: str, steps: int = 2) -> None:
         for cat, ms in sorted(by_category.items(), key=lambda kv: -kv[1]):
             f.write(f"  {cat:40s} {ms:8.2f}\n")
         f.write(f"  {'total':40s} {sum(by_category.values()):8.2f}\n\n")
+        f.write(f"top kernels by device time, {steps} profiled steps:\n  {'kernel':90s} {'category':>28s} "
+                f"{'us a call':>10s} {'a step':>7s} {'ms a step':>10s}\n")
+        for k in top_kernels([(e.key, e.count, e.self_device_time_total) for e in kernels], steps):
+            f.write(f"  {k['name'][:90]:90s} {k['category'][:28]:>28s} {k['us_per_call']:10.1f} "
+                    f"{k['calls_per_step']:7.1f} {k['ms_per_step']:10.3f}\n")
+        f.write("\n")
         f.write(f"GPU time per step by the host phase that launched it (ms), {steps} profiled steps; idle is the time\n"
                 f"the GPU waited, before a kernel, for that phase to launch it (the profiler's own host overhead\n"
                 f"inflates idle; compare with the unprofiled step time less the kernel total above):\n")

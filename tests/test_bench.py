@@ -162,6 +162,32 @@ def test_gpu_time_by_phase_charges_idle_gaps_to_the_phase_that_launched_the_next
     }
 
 
+def test_top_kernels_ranks_by_device_time_and_gives_per_call_and_per_step_figures():
+    import bench
+    kernels = [("triton_poi_fused_add_mul_4", 30, 591.0), ("short_conv_kernel", 32, 9747.2),
+               ("prepare_wy_repr_bwd_kernel", 16, 7947.2), ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", 98, 14229.6)]
+    rows = bench.top_kernels(kernels, steps=2, n=3)
+    assert [r["name"] for r in rows] == ["nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "short_conv_kernel",
+                                         "prepare_wy_repr_bwd_kernel"]
+    assert [r["category"] for r in rows] == ["gemm", "fused short conv (harness)", "fla chunk delta rule"]
+    assert rows[1]["us_per_call"] == pytest.approx(304.6) and rows[1]["calls_per_step"] == 16.0
+    assert rows[1]["ms_per_step"] == pytest.approx(4.8736)
+    assert [r["name"] for r in bench.top_kernels(kernels, steps=1)][-1] == "triton_poi_fused_add_mul_4"
+
+
+def test_bench_profile_dir_writes_a_table_and_a_trace_per_case_on_cpu(tmp_path):
+    """--profile-dir must not rot on CPU (no device kernels there, so the device sections are empty, but present)."""
+    proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--profile-dir",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"profile_attention_{n}.{ext}" for n in (128, 64)
+                                                          for ext in ("trace.json.gz", "txt")]  # --cpu-smoke: 64 and 128
+    text = (tmp_path / "profile_attention_64.txt").read_text()
+    for header in ("device time per step by kernel category", "top kernels by device time, 2 profiled steps",
+                   "GPU time per step by the host phase", "aten::mm"):
+        assert header in text
+
+
 def test_interleaved_times_ms_runs_the_calls_in_rounds(monkeypatch):
     """The component scripts' interleaved timer: every call once a round, in the given order, one median per round."""
     import bench
