@@ -82,29 +82,33 @@ def glue_and_module_steps(B: int, T: int, device: torch.device) -> tuple[dict, d
     torch._dynamo.reset()  # static kernels for each shape, as the trainer's (a second shape would compile dynamic ones)
     glue_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T), dynamic=False)
     module_c = torch.compile(attn, dynamic=False)
+
+    def with_source(rope, step):  # the glue and Attention.forward look rope_table up in train_gpt (dynamo guards on
+        def run():  # it), so every step sets its source: interleaved timing runs the steps of all sources in turn
+            tg.rope_table = rope
+            step()
+        return run
+
+    def module_backward():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            module_c(x)[0].backward(dy)
     steps, results = {}, {}
     for source, rope in SOURCES.items():
-        def glue_step(rope=rope):  # glue and Attention.forward look rope_table up in train_gpt; dynamo guards on it
-            tg.rope_table = rope
-            torch.autograd.backward(list(glue_c(qkv)), [gq, gk])
-
-        def module_step(rope=rope):
-            tg.rope_table = rope
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                module_c(x)[0].backward(dy)
+        glue_step = with_source(rope, lambda: torch.autograd.backward(list(glue_c(qkv)), [gq, gk]))
+        module_step = with_source(rope, module_backward)
         qkv.grad = x.grad = None
         attn.zero_grad()
         glue_step(), module_step()
         results[source] = ([t.detach().float() for t in glue_c(qkv)] + [qkv.grad.float(), x.grad.float()]
                            + [p.grad.float() for p in attn.parameters()])
         steps[f"glue_{source}"], steps[f"module_{source}"] = glue_step, module_step
-    tg.rope_table = SOURCES["op"]
     columns_c = torch.compile(lambda qkv: attention_glue(qkv, attn, B, T, split="columns"), dynamic=False)
-    steps["glue_columns"] = lambda: torch.autograd.backward(list(columns_c(qkv)), [gq_columns, gk_columns])
+    steps["glue_columns"] = with_source(SOURCES["op"], lambda: torch.autograd.backward(list(columns_c(qkv)),
+                                                                                       [gq_columns, gk_columns]))
     qkv.grad = None
     steps["glue_columns"]()
     results["columns"] = [t.detach().float() for t in columns_c(qkv)] + [qkv.grad.float()]
-    return steps, results
+    return steps, results  # the trainer's op is in place: glue_columns ran last
 
 
 def max_rel_diff(results: dict, source: str) -> float:

@@ -19,3 +19,8 @@ def test_the_three_rope_sources_and_both_qkv_splits_agree_on_outputs_and_gradien
     for source in ("op", "table", "columns"):
         assert agb.max_rel_diff(results, source) < 1e-2  # bf16: a rounding flip is 2^-8 of an element at most
     assert agb.SOURCES["op"] is agb.tg.rope_table  # the script leaves the trainer's op in place
+    for name, step in steps.items():  # interleaved timing runs them in turn: each step sets its own source
+        agb.tg.rope_table = agb.SOURCES["table"] if name.endswith("op") or name == "glue_columns" else agb.SOURCES["op"]
+        step()
+        assert agb.tg.rope_table is agb.SOURCES["op" if name == "glue_columns" else name.split("_")[1]], name
+    agb.tg.rope_table = agb.SOURCES["op"]
