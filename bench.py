@@ -107,9 +107,24 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
+def newton_schulz_separate_sums(G: torch.Tensor, steps: int) -> torch.Tensor:
+    """Muon's iteration as the trainer wrote it until the thirty-second session: a X + (b A + c A A) X term by term,
+    which inductor ran as pointwise kernels between the GEMMs (train_gpt.newton_schulz puts the sums inside them)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = G.size(-2) > G.size(-1)
+    X = (G.mT if tall else G).to(torch.bfloat16 if G.is_cuda else torch.float32)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
 # The variant muon_ns=launched: Muon's Newton-Schulz compiled without CUDA graphs (its kernels launched one by one, as
-# before the trainer captured them); muon_ns=eager: not compiled at all.
-MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager": lambda: tg.newton_schulz}
+# before the trainer captured them); muon_ns=eager: not compiled at all; muon_ns=separate_sums: the iteration before
+# the thirty-second session, compiled as the trainer compiles it.
+MUON_NS_VARIANTS = {"launched": lambda: torch.compile(tg.newton_schulz), "eager": lambda: tg.newton_schulz,
+                    "separate_sums": lambda: torch.compile(newton_schulz_separate_sums, mode="reduce-overhead")}
 
 
 SHORT_CONV_TILES = ("ROWS", "WARPS", "DU_ROWS", "DU_WARPS", "DX_ROWS", "DX_TILES", "DX_WARPS")  # train_gpt.ShortConv's
@@ -602,7 +617,7 @@ def main() -> None:
                         help="time on these shards' tokens (the trainer's TrainLoader) instead of random tokens")
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
-                             "(see CORE_VARIANTS), muon_ns=launched|eager an earlier Newton-Schulz (MUON_NS_VARIANTS), "
+                             "(see CORE_VARIANTS), muon_ns=launched|eager|separate_sums an earlier Newton-Schulz (MUON_NS_VARIANTS), "
                              "inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),

@@ -877,11 +877,11 @@ def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.size(-2) > G.size(-1)  # iterate on the wide orientation, where X X^T is the smaller product
     X = (G.mT if tall else G).to(torch.bfloat16 if G.is_cuda else torch.float32)
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    X = (X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)).reshape(-1, *X.shape[-2:])  # baddbmm takes a stack
+    for _ in range(steps):  # a X + (b A + c A A) X, both sums inside the GEMMs (beta, alpha): no pointwise passes
         A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if tall else X).to(G.dtype)
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return (X.mT if tall else X).reshape(G.shape).to(G.dtype)
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world

@@ -19,6 +19,8 @@ rstd and one recomputing the normalised output):
                gradients are laid out like its inputs, as cuDNN's are (run OD: with RoPE's tables from the rope_table op
                no kernel evaluates cos or sin; run PA: with q|k|v split by heads, q's and k's norm + RoPE backward is
                one pass each into d(qkv); split by columns it stored RoPE's gradient and re-read it)
+  newton_schulz  train_gpt.newton_schulz on a stack of matrices, as Muon calls it: its Triton kernels and its GEMM calls
+               (thirty-second session: the iteration's sums inside baddbmm, no pointwise kernel in the loop)
 
 Fusion decisions change between torch versions: run it under the GPU's torch for answers about the GPU. A CUDA build
 of torch installs and imports here without a driver (e.g. torch==2.11.0 in a separate venv, the lent machines'
@@ -255,11 +257,23 @@ def attention_block_case(mode, sources, tokens: int) -> dict[str, list[str]]:
             for part in ("forward", "backward")}
 
 
+def newton_schulz_case(mode, sources, steps: int = 5) -> dict[str, list[str]]:
+    """train_gpt.newton_schulz on a stack of 34 fp32 512 x 512 matrices (lean's largest Muon group), as Muon calls it:
+    its Triton kernels, then one line per GEMM it calls (extern_kernels)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    import train_gpt as tg
+    with mode:
+        G = torch.empty(34, 512, 512, device="cuda")
+        gm = make_fx(lambda G: tg.newton_schulz(G, steps), tracing_mode="fake")(G)
+    lines = generate(gm, [G], mode, sources)
+    return {"newton_schulz": lines + [f"extern:{call}" for call in re.findall(r"extern_kernels\.(\w+)\(", sources[-1])]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", nargs="+", default=["tail", "mixer", "mixer_train"],
                         choices=["tail", "mixer", "mixer_train", "model_train", "gated_mixer_backward",
-                                 "attention_block"])
+                                 "attention_block", "newton_schulz"])
     parser.add_argument("--layout", default="GGGG", help="model_train: the lean model's layout")
     parser.add_argument("--train-gpt", default=str(Path(__file__).resolve().parents[1]),
                         help="directory of the train_gpt.py to import (with its conf/), e.g. an older version's copy")
@@ -277,7 +291,8 @@ def main() -> None:
              "gated_mixer_backward": lambda: mixer_cases(mode, sources, args.tokens, train=True, preset="gdn_hybrid",
                                                          part="backward"),
              "model_train": lambda: model_train_case(mode, sources, args.tokens, args.layout),
-             "attention_block": lambda: attention_block_case(mode, sources, args.tokens)}
+             "attention_block": lambda: attention_block_case(mode, sources, args.tokens),
+             "newton_schulz": lambda: newton_schulz_case(mode, sources)}
     results = {}
     for case in args.case:
         results.update(cases[case]())

@@ -108,7 +108,7 @@ def test_bench_inductor_settings_parse_and_reject_unknown_keys():
 
 
 def test_bench_rejects_an_unknown_code_path_variant():
-    for token, expected in (("muon_ns=graphs", "variant muon_ns=graphs: expected muon_ns= one of ['eager', 'launched']"),
+    for token, expected in (("muon_ns=graphs", "variant muon_ns=graphs: expected muon_ns= one of ['eager', 'launched', 'separate_sums']"),
                             ("gdn_core=fla", "variant gdn_core=fla: expected gdn_core= one of ['fla_function', 'graph_break']")):
         proc = subprocess.run([sys.executable, "bench.py", "--cpu-smoke", "--presets", "attention", "--variants", token],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)

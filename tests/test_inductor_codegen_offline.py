@@ -64,6 +64,19 @@ def test_the_attention_block_evaluates_no_cos_or_sin_and_walks_q_and_k_once_each
     assert cases["attention_block_forward"].count("\n") == 3, proc.stdout  # the q/k reductions and the weights' cast
 
 
+def test_newton_schulz_runs_its_sums_inside_the_gemms():
+    """Muon's Newton-Schulz (train_gpt.newton_schulz on lean's largest stack, compiled): each of the 5 iterations is
+    one bmm and two baddbmm, with no Triton kernel between them; only the normalisation before the loop and the cast
+    after it are Triton kernels. The form before (sums written term by term) had 7 pointwise kernels in the loop."""
+    proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--case", "newton_schulz"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listing = re.search(r"^codegen case:newton_schulz kernels:\d+\n((?:    .*\n)*)", proc.stdout, re.M)[1]
+    assert re.findall(r"extern:(\w+)", listing) == ["bmm", "baddbmm", "baddbmm"] * 5, listing
+    triton = re.findall(r"(triton_\w+) rsqrt", listing)
+    assert len(triton) <= 4 and not any("mul" in name for name in triton), listing
+
+
 def test_a_token_count_that_is_not_whole_sequences_is_refused():
     proc = subprocess.run([sys.executable, "scripts/inductor_codegen_offline.py", "--tokens", "1000"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
