@@ -107,6 +107,7 @@ graph_break_core = torch.compiler.disable(tg.GatedDeltaNet.core)
 
 CORE_VARIANTS = {"fla_function": fla_function_core, "graph_break": graph_break_core}
 
+
 def newton_schulz_separate_sums(G: torch.Tensor, steps: int) -> torch.Tensor:
     """Muon's iteration as the trainer wrote it until the thirty-second session: a X + (b A + c A A) X term by term,
     which inductor ran as pointwise kernels between the GEMMs (train_gpt.newton_schulz puts the sums inside them)."""
