@@ -3,7 +3,8 @@ process), in two forms: the trainer's (`train_gpt.newton_schulz`: both sums of a
 baddbmm's beta and alpha) and the form before it (separate scalings and additions, which inductor ran as pointwise
 kernels between the GEMMs). On CUDA each form is compiled as the trainer compiles it (CUDA graphs) and timed with
 CUDA events, the forms alternating round by round; on CPU both run eagerly (a smoke run of the script). It prints
-each form's time for the whole set of stacks and how far the two forms' results are apart.
+how far the two forms' results are apart and each one's error against the iteration in fp32 (on the CPU), per stack,
+then each form's time for the whole set of stacks.
     python scripts/newton_schulz_bench.py [--presets gdn_hybrid_lean attention] [--reps 50] [--rounds 3]"""
 import argparse
 import statistics
@@ -23,7 +24,7 @@ FORMS = {"baddbmm": tg.newton_schulz, "separate_sums": newton_schulz_separate_su
 
 def muon_stacks(preset: str, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
     """Random fp32 stacks shaped like the preset's Muon groups (the matrices of one shape, stacked), at world size 1."""
-    cfg = tg.load_config([f"model={preset}"])
+    cfg = tg.load_config([f"model={preset}", "export=none"])  # export=none: no compressor check
     with torch.device("meta"):
         model = tg.GPT(cfg.model)
     by_shape: dict[tuple, int] = {}
@@ -49,6 +50,10 @@ def main() -> None:
         outs = {name: [fn(s, args.ns_steps).clone() for s in stacks] for name, fn in fns.items()}  # clone: graph outputs
         diff = max(((x.float() - y.float()).norm() / y.float().norm()).item() for x, y in zip(*outs.values()))
         print(f"ns_bench preset:{preset} device:{device.type} stacks:{shapes} rel_diff_between_forms:{diff:.2e}", flush=True)
+        fp32 = [tg.newton_schulz(s.cpu(), args.ns_steps) for s in stacks]  # the iteration in fp32, on the CPU
+        for name, out in outs.items():  # on CUDA the forms run in bf16: which one rounds less
+            errs = [((o.float().cpu() - r).norm() / r.norm()).item() for o, r in zip(out, fp32)]
+            print(f"ns_bench preset:{preset} form:{name} rel_err_vs_fp32:" + ",".join(f"{e:.2e}" for e in errs), flush=True)
         rounds: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(args.rounds):
             for name, fn in fns.items():
