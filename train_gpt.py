@@ -881,7 +881,7 @@ def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
     for _ in range(steps):  # a X + (b A + c A A) X, both sums inside the GEMMs (beta, alpha): no pointwise passes
         A = X @ X.mT
         X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return (X.mT if tall else X).reshape(G.shape).to(G.dtype)
+    return (X.mT if tall else X).reshape(G.shape).contiguous().to(G.dtype)  # Muon broadcasts its storage as it lies
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world

@@ -214,10 +214,12 @@ def test_muon_keeps_one_momentum_buffer_and_allocates_none_after_the_first_step(
 def test_newton_schulz_matches_the_iteration_written_term_by_term():
     """The trainer's iteration puts a X + (b A + c A A) X's sums inside baddbmm (beta, alpha): the same numbers in fp32
     as the terms written out, for a stack, a wide matrix and a tall one (iterated transposed). Swapped beta and alpha,
-    or a tall matrix not transposed back, would differ at order 1."""
+    or a tall matrix not transposed back, would differ at order 1. The result is contiguous: with more than one rank,
+    Muon broadcasts each update's storage, and a tall update left in its transposed layout arrived transposed on the
+    other ranks (tests/test_train.py's two ranks against one caught that in this form's first version)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     torch.manual_seed(0)
-    for G in (torch.randn(3, 32, 48), torch.randn(24, 40), torch.randn(40, 24)):
+    for G in (torch.randn(3, 32, 48), torch.randn(24, 40), torch.randn(40, 24), torch.randn(2, 40, 24)):
         X = G.mT if G.size(-2) > G.size(-1) else G
         X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
         for _ in range(5):
@@ -226,6 +228,7 @@ def test_newton_schulz_matches_the_iteration_written_term_by_term():
         expected = X.mT if G.size(-2) > G.size(-1) else X
         got = tg.newton_schulz(G, 5)
         assert got.shape == G.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (G.shape, (got - expected).abs().max())
+        assert got.is_contiguous(), G.shape  # Muon broadcasts an update's storage: a transposed one arrives transposed
 
 
 def test_newton_schulz_orthogonalises():
