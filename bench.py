@@ -618,7 +618,8 @@ def main() -> None:
                         help="time on these shards' tokens (the trainer's TrainLoader) instead of random tokens")
     parser.add_argument("--variants", nargs="+", default=[""],
                         help="override sets compared side by side; gdn_core=fla_function swaps in an earlier GDN path "
-                             "(see CORE_VARIANTS), muon_ns=launched|eager|separate_sums an earlier Newton-Schulz (MUON_NS_VARIANTS), "
+                             "(see CORE_VARIANTS), muon_ns=launched|eager|separate_sums an earlier Newton-Schulz "
+                             "(MUON_NS_VARIANTS), "
                              "inductor.KEY=VALUE sets torch._inductor.config.KEY for the case, "
                              "e.g. --variants '' gdn_core=fla_function inductor.max_autotune_gemm=True")
     parser.add_argument("--short-conv-tiles", default="", metavar=",".join(SHORT_CONV_TILES),

@@ -881,11 +881,11 @@ def newton_schulz(G: torch.Tensor, steps: int) -> torch.Tensor:
     for _ in range(steps):  # a X + (b A + c A A) X, both sums inside the GEMMs (beta, alpha): no pointwise passes
         A = X @ X.mT
         X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return (X.mT if tall else X).reshape(G.shape).contiguous().to(G.dtype)  # Muon broadcasts its storage as it lies
+    return (X.mT if tall else X).reshape(G.shape).contiguous().to(G.dtype)  # contiguous: in the graph, fused with the cast
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world
-    (same-shape matrices stacked into one batched iteration) and broadcast, so every rank applies it."""
+    """Nesterov momentum orthogonalised by Newton-Schulz. Parameter i's update is computed on rank i % world (same-shape
+    matrices stacked, one batched iteration) and broadcast contiguous (a broadcast sends storage as it lies)."""
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int, d: Dist, ns=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
         self.d, self.ns = d, ns or newton_schulz
@@ -901,7 +901,7 @@ class Muon(torch.optim.Optimizer):
             for p, nesterov in zip(mine, torch._foreach_add([p.grad for p in mine], bufs, alpha=m)):
                 by_shape.setdefault(p.shape, []).append((p, nesterov))
             for shape, pairs in by_shape.items():
-                ortho = self.ns(torch.stack([n for _, n in pairs]), group["ns_steps"]) * max(1.0, shape[0] / shape[1]) ** 0.5
+                ortho = self.ns(torch.stack([n for _, n in pairs]), group["ns_steps"]).contiguous() * max(1.0, shape[0] / shape[1]) ** 0.5
                 updates.update(zip([p for p, _ in pairs], ortho.unbind(0)))
             for i, p in enumerate(params if self.d.world > 1 else []):
                 updates.setdefault(p, torch.empty_like(p))
