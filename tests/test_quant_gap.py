@@ -1,0 +1,100 @@
+"""scripts/quant_gap.py on a real (tiny, CPU) run with an int6 export: its `float` and `all` rows reproduce the run's
+two scores exactly, its types and leaves each partition the tensors the export changed, and each row is the eval of
+exactly that mix of weights."""
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_gpt as tg
+from conftest import ROOT, TINY, run_trainer
+
+SCRIPT = ROOT / "scripts" / "quant_gap.py"
+
+
+@pytest.fixture(scope="module")
+def exported_run(synthetic_data, tmp_path_factory):
+    """A short training run whose export quantizes every block matrix (keep_float_max_numel below their size)."""
+    log_dir = tmp_path_factory.mktemp("quant_gap_run")
+    args = TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.compressors=[lzma]", "export.calib_seqs=8",
+                                                      "export.keep_float_max_numel=1000", "train.max_steps=30",
+                                                      "train.schedule=steps", "train.max_wallclock_seconds=600"]
+    _, res = run_trainer(args, log_dir=log_dir)
+    return res, Path(res["log_path"]).with_suffix("")
+
+
+def run_script(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_rows_reproduce_the_run_and_partition_its_tensors(exported_run, tmp_path):
+    res, prefix = exported_run
+    proc = run_script(prefix, "--device", "cpu", "--out", tmp_path / "gap.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["group"]: r for r in json.loads((tmp_path / "gap.json").read_text())["rows"]}
+    # The whole set of tokens: the run's own scores, bf16 (trained weights) and int6 round trip, to the last digit.
+    assert math.isclose(rows["float"]["val_bpb"], res["val_bpb"], rel_tol=1e-9), (rows["float"], res["val_bpb"])
+    assert math.isclose(rows["all"]["val_bpb"], res["q_val_bpb"], rel_tol=1e-9), (rows["all"], res["q_val_bpb"])
+    assert rows["all"]["share"] == 1 and rows["float"]["share"] is None and rows["float"]["gap_bpb"] == 0
+
+    cfg = tg.config_from_dict(tg.Config, res["config"])
+    trained = torch.load(f"{prefix}.model.pt")
+    decoded = tg.load_artifact(Path(res["artifact_path"]).read_bytes())
+    changed = [k for k in trained if not torch.equal(decoded[k], trained[k].float())]
+    plan = tg.quant_plan(tg.GPT(cfg.model), cfg.export)
+    assert sum(spec is not None for spec in plan.values()) > 10  # the block matrices went through GPTQ
+    assert rows["all"]["tensors"] == len(changed) and rows["all"]["params"] == sum(trained[k].numel() for k in changed)
+    types = [g for g in rows if g in ("gdn", "attn", "mlp", "embed", "skip")]
+    leaves = [g for g in rows if "." in g] + [g for g in types if not any(k.startswith(g + ".") for k in rows)]
+    assert {"gdn", "attn", "mlp", "embed", "gdn.q", "gdn.out", "gdn.A_log", "gdn.conv", "attn.q", "attn.o"} <= set(rows)
+    for family in (types, leaves):
+        assert sum(rows[g]["tensors"] for g in family) == len(changed), family
+        assert sum(rows[g]["params"] for g in family) == rows["all"]["params"], family
+    # One leaf recomputed by hand: GDN's out projections from the artifact, everything else as trained.
+    names = [k for k in changed if tg.grad_category(k, cfg.model.layout) == ("gdn", "out")]
+    model = tg.GPT(cfg.model)
+    model.load_state_dict({k: decoded[k] if k in names else v for k, v in trained.items()})
+    d = tg.Dist(0, 1, 0, torch.device("cpu"))
+    tables = tg.build_byte_tables(cfg.data.tokenizer_path, cfg.model.vocab_size, "cpu")
+    again = tg.evaluate(model, tg.load_val_tokens(cfg.data.val_files, d.device), tables, cfg, d, ["plain"])["plain"]
+    assert math.isclose(again["val_bpb"], rows["gdn.out"]["val_bpb"], rel_tol=1e-9)
+    assert rows["gdn.out"]["tensors"] == cfg.model.layout.count("G")
+    # The console carries the same rows, and a summary with the sums.
+    printed = dict(re.findall(r"^quant_gap group:(\S+) .* val_bpb:(\S+) gap_bpb", proc.stdout, re.M))
+    assert printed.keys() == rows.keys()
+    assert all(math.isclose(float(printed[g]), rows[g]["val_bpb"], rel_tol=1e-7) for g in rows)
+    summary = re.search(r"^quant_gap_summary .* tensors_changed:(\d+) .* sum_of_types:(\S+) sum_of_leaves:(\S+)",
+                        proc.stdout, re.M)
+    assert int(summary[1]) == len(changed)
+    assert math.isclose(float(summary[2]), sum(rows[g]["gap_bpb"] for g in types), abs_tol=2e-6)
+    assert math.isclose(float(summary[3]), sum(rows[g]["gap_bpb"] for g in leaves), abs_tol=2e-6)
+
+
+def test_val_tokens_limits_the_eval(exported_run):
+    _, prefix = exported_run
+    proc = run_script(prefix, "--device", "cpu", "--val-tokens", 640)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^quant_gap_summary .* tokens:640 ", proc.stdout, re.M), proc.stdout
+
+
+def test_bad_input_names_the_file_or_value(exported_run, tmp_path):
+    _, prefix = exported_run
+    proc = run_script(tmp_path / "no_such_run", "--device", "cpu")
+    assert proc.returncode != 0 and f"{tmp_path / 'no_such_run'}.config.yaml: not found" in proc.stderr
+    proc = run_script(prefix, "--device", "cpu", "--val-tokens", 10 ** 9)
+    assert proc.returncode != 0 and "--val-tokens 1000000000: the validation set has" in proc.stderr
+    other = tmp_path / "other"  # another run's artifact beside these weights: refused, not evaluated
+    for suffix in (".config.yaml", ".model.pt"):
+        (tmp_path / ("other" + suffix)).write_bytes(Path(f"{prefix}{suffix}").read_bytes())
+    state = torch.load(f"{prefix}.model.pt")
+    del state[next(iter(state))]
+    torch.save(state, f"{other}.model.pt")
+    (tmp_path / "other.int6.ptz").write_bytes(Path(f"{prefix}.int6.ptz").read_bytes())
+    proc = run_script(other, "--device", "cpu")
+    assert proc.returncode != 0 and "do not match" in proc.stderr and "other.model.pt" in proc.stderr
