@@ -18,7 +18,8 @@
 #                    op (the trainer) and from an eager table, and q|k|v split by columns (the trainer before run PA):
 #                    agreement, then times (scripts/attention_glue_bench.py)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
-#   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export
+#   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export, then
+#                    its quantization gap split by tensor group (scripts/quant_gap.py; the weights are too large to fetch)
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
@@ -88,7 +89,9 @@ for step in "$@"; do
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \
         "export.compressors=[${COMPRESSORS:-lzma}]" run.log_dir=/tmp/runs run.run_id=${m}_${SECONDS_PER_RUN}s 2>&1 \
         | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
-      cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null ;;
+      cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null
+      python3 scripts/quant_gap.py /tmp/runs/${m}_${SECONDS_PER_RUN}s --out $OUT/quant_gap_$m.json 2>&1 \
+        | grep --line-buffered -E "^quant_gap|Error" ;;
     sweep) wait $build
       python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \
         launch.sweep_dir=/tmp/sweep 2>&1 | grep --line-buffered -E "sweep_job|Error|error"
