@@ -9,9 +9,9 @@ keeps in fp16 count too: their rounding is part of the gap.
 Reads <run>.config.yaml (the resolved config the trainer wrote), <run>.model.pt (the trained weights, saved before
 export) and <run>.int<bits>.ptz (the artifact), and the run's validation shards and tokenizer. Every row is an eval in
 the run's score mode (its first `eval.modes`; `--mode` for another) on the first N validation tokens. On all of them
-the `float` and `all` rows reproduce the run's own two scores: exactly on CPU; on CUDA `all` exactly (the trainer
-evaluates its round trip eagerly, as this script does) and `float` to the rounding of the compiled model the trainer
-evaluated. The summary prints the run's own scores from <run>.results.json where it exists.
+the `float` and `all` rows reproduce the run's own two scores: exactly on CPU (tests/test_quant_gap.py); on CUDA to
+the kernels' rounding (the trainer scored `float` with its compiled model, and FLA's autotuned launch configs may
+differ between processes). The summary prints the run's own scores from <run>.results.json where it exists.
 Per row: tensors, parameters, the relative weight error ||Q - W|| / ||W||, val_loss, val_bpb, the gap against `float`
 and its share of the whole gap (`all`). Rows: float, all, each type, then each leaf that splits a type (gdn.q ...
 attn.o). The parts' gaps need not add up to the whole: the summary gives the sums over types and over leaves (a type
