@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
 
-def run_files(run: str) -> tuple[Path, Path, Path]:
-    """(config, weights, artifact) of a run prefix logs/<run_id>; each must exist, and exactly one artifact."""
+def run_files(run: str) -> tuple[Path, Path, Path, Path]:
+    """(prefix, config, weights, artifact) of a run prefix logs/<run_id>; each must exist, and exactly one artifact."""
     prefix = Path(run[:-len(".config.yaml")] if run.endswith(".config.yaml") else run)
     config, weights = prefix.with_name(prefix.name + ".config.yaml"), prefix.with_name(prefix.name + ".model.pt")
     artifacts = sorted(prefix.parent.glob(prefix.name + ".int*.ptz"))
@@ -42,7 +42,7 @@ def run_files(run: str) -> tuple[Path, Path, Path]:
     if len(artifacts) != 1:
         raise FileNotFoundError(f"{prefix}.int*.ptz: expected one artifact (the run's export), found "
                                 f"{len(artifacts)}{': ' + ', '.join(map(str, artifacts)) if artifacts else ''}")
-    return config, weights, artifacts[0]
+    return prefix, config, weights, artifacts[0]
 
 
 def tensor_groups(names: list[str], layout: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.val_tokens < 0:
         parser.error(f"--val-tokens {args.val_tokens}: expected >= 0 (0: all)")
-    config_path, weights_path, artifact_path = run_files(args.run)
+    prefix, config_path, weights_path, artifact_path = run_files(args.run)
     cfg = tg.load_config(["--config", str(config_path)])
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -107,22 +107,22 @@ def main() -> None:
     for group, names in order:  # each row printed as it comes: a long CPU run that stops keeps what it did
         row = dict(group=group, tensors=len(names), params=sum(trained[k].numel() for k in names),
                    weight_err=weight_err(names), **score(names))
-        row["gap_bpb"] = row["val_bpb"] - (rows[0]["val_bpb"] if rows else row["val_bpb"])
-        whole = rows[1]["gap_bpb"] if len(rows) > 1 else row["gap_bpb"]
-        row["share"] = row["gap_bpb"] / whole if rows and whole else None  # float: none; all: 1
         rows.append(row)
+        base = rows[0]
+        whole = rows[1]["val_bpb"] - base["val_bpb"] if len(rows) > 1 else 0.0  # the `all` row's gap
+        row["gap_bpb"] = row["val_bpb"] - base["val_bpb"]
+        row["share"] = row["gap_bpb"] / whole if row is not base and whole else None  # float: none; all: 1
         share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
         print(f"quant_gap group:{group} tensors:{row['tensors']} params:{row['params']} "
               f"weight_err:{row['weight_err']:.4e} val_loss:{row['val_loss']:.8f} val_bpb:{row['val_bpb']:.8f} "
               f"gap_bpb:{row['gap_bpb']:+.6f} share:{share}", flush=True)
-    base, whole = rows[0], rows[1]["gap_bpb"]
     gap_of = {r["group"]: r["gap_bpb"] for r in rows}
-    print(f"quant_gap_summary run:{config_path.name[:-len('.config.yaml')]} artifact:{artifact_path.name} "
+    print(f"quant_gap_summary run:{prefix.name} artifact:{artifact_path.name} "
           f"tokens:{base['tokens']} tensors_changed:{len(changed)} tensors_unchanged:{len(trained) - len(changed)} "
           f"gap_bpb:{whole:+.6f} sum_of_types:{sum(gap_of[k] for k in types):+.6f} "
           f"sum_of_leaves:{sum(gap_of[k] for k in leaves):+.6f} mode:{mode} device:{device.type} "
           f"time:{time.perf_counter() - t0:.1f}s")
-    results = config_path.with_name(config_path.name[:-len(".config.yaml")] + ".results.json")
+    results = prefix.with_name(prefix.name + ".results.json")
     if results.is_file() and (ran := json.loads(results.read_text())).get("q_val_bpb") is not None:
         print(f"quant_gap_run_scores mode:{cfg.eval.modes[0]} val_bpb:{ran['val_bpb']:.8f} "
               f"q_val_bpb:{ran['q_val_bpb']:.8f} tokens:{ran['evals'][cfg.eval.modes[0]]['tokens']} (the run's own)")
