@@ -101,6 +101,7 @@ class ExportConfig:
     matrix_clip_k: float = 15.0         # SDClip: scale = k * std(row) / clip range
     embed_clip_k: float = 20.0
     keep_float_max_numel: int = 65536   # tensors this small stay fp16
+    group_bits: list = field(default_factory=list)  # ["gdn.k:8", "mlp:5"]: matrix bits of a gradient-split type or leaf
     gptq_block: int = 128
     gptq_damp: float = 0.01
     act_order: bool = True
@@ -180,6 +181,9 @@ def validate_config(cfg: Config) -> Config:
         raise ValueError("config train.schedule=steps needs train.max_steps > 0")
     if not e.modes or set(e.modes) - {"plain", "sliding", "stateful"}:
         raise ValueError(f"config eval.modes: {e.modes} must be a non-empty subset of plain, sliding, stateful")
+    pairs = [str(item).partition(":") for item in cfg.export.group_bits]
+    if bad := [g + c + b for g, c, b in pairs if g not in QUANT_GROUPS or not b.isdigit() or not 2 <= int(b) <= 8 or [p[0] for p in pairs].count(g) > 1]:
+        raise ValueError(f"config export.group_bits: {bad[0]!r} must be 'group:bits', bits in 2..8, each group once; groups: {', '.join(QUANT_GROUPS)}")
     if cfg.export.enabled and not cfg.export.compressors:
         raise ValueError("config export.compressors: empty; export needs at least one of " + ", ".join(COMPRESSORS))
     for name in cfg.export.compressors if cfg.export.enabled else []:
@@ -288,8 +292,7 @@ class Logger:
                                     dir=cfg.run.log_dir)
     def __call__(self, msg: str, console: bool = True) -> None:
         if self.d.master:
-            if console:
-                print(msg, flush=True)
+            print(msg, flush=True) if console else None
             print(msg, file=self.file, flush=True)
     def metrics(self, head: str, step: int | None = None, **values) -> None:
         self(" ".join([head] * bool(head) + [f"{k}:{v:.8f}" if isinstance(v, float) and k.startswith(("val_", "entropy"))
@@ -974,13 +977,9 @@ def build_byte_tables(tokenizer_path: str, vocab_size: int, device) -> tuple[tor
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
             continue
-        boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
-        space[i] = piece.startswith("\u2581")
-        base[i] = len(piece[1:].encode() if space[i] else piece.encode())
+        boundary[i], piece = False, sp.id_to_piece(i)
+        space[i] = not sp.is_byte(i) and piece.startswith("\u2581")
+        base[i] = 1 if sp.is_byte(i) else len(piece[1:].encode() if space[i] else piece.encode())  # <0xNN>: one byte
     return tuple(torch.from_numpy(a).to(device) for a in (base, space, boundary))
 
 def target_bytes(tables, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -1049,8 +1048,7 @@ def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int
         x, y, mask = tokens[index], tokens[index + 1], positions[None] < lengths[:, None]
         for s in filter(None, slots):
             s[0] += min(seq_len, s[1] - s[0])
-        if state is not None:
-            state = reset_rows(state, keep)
+        state = None if state is None else reset_rows(state, keep)
         with autocast(d):
             losses, state = model(x, y, state=state, want_state=True, reduction="none", attn_window=kv_window)
         state = [s if len(s) == 2 else tuple(t.narrow(dim, max(0, t.shape[dim] - kv_window + 1), min(t.shape[dim], kv_window - 1))
@@ -1071,12 +1069,16 @@ def evaluate(model, val_tokens, tables, cfg: Config, d: Dist, modes: list[str]) 
 
 ARTIFACT_MAGIC, ARTIFACT_LIMIT = b"GDNQ", 16_000_000
 
+QUANT_GROUPS = ["gdn", "attn", "mlp"] + [f"gdn.{g}" for g in ("q", "k", "v", "z", "a", "b", "out")] + [f"attn.{g}" for g in "qkvo"]
+
 def quant_plan(model: GPT, cfg: ExportConfig) -> dict[str, tuple[int, float] | None]:
-    """name -> (bits, clip_k) for GPTQ-quantized matrices (large, with an input Hessian), None for tensors kept in fp16."""
-    sources = hessian_sources(model)
+    """name -> (bits, clip_k) for GPTQ-quantized matrices (large, with an input Hessian), None for tensors kept in fp16.
+    A matrix's bits: export.group_bits's for its leaf (gdn.k), else for its type (gdn), else export.matrix_bits."""
+    sources, bits = hessian_sources(model), {g: int(b) for g, _, b in (item.partition(":") for item in cfg.group_bits)}
+    leaf_bits = lambda kind, group: bits.get(f"{kind}.{group}", bits.get(kind, cfg.matrix_bits))
     return {name: None if p.ndim != 2 or p.numel() <= cfg.keep_float_max_numel or name not in sources else
-            (cfg.embed_bits, cfg.embed_clip_k) if name == "embed.weight" else (cfg.matrix_bits, cfg.matrix_clip_k)
-            for name, p in model.state_dict().items()}
+            (cfg.embed_bits, cfg.embed_clip_k) if name == "embed.weight" else
+            (leaf_bits(*grad_category(name, model.cfg.layout)), cfg.matrix_clip_k) for name, p in model.state_dict().items()}
 
 def hessian_sources(model: GPT) -> dict[str, tuple[nn.Module, str]]:
     """Which module input feeds each quantizable weight: (module, 'pre' = its input | 'head' = final norm)."""
@@ -1219,11 +1221,9 @@ def load_artifact(blob: bytes) -> dict[str, torch.Tensor]:
 def quantize_model(model: GPT, hessians: dict, cfg: ExportConfig) -> dict:
     quantized, plan = {}, quant_plan(model, cfg)
     for name, p in model.state_dict().items():
-        if (spec := plan[name]) is None:
-            quantized[name] = ("fp16", p)
-            continue
-        q, scale = quantize_gptq(p, hessians[name], *spec, cfg.gptq_block, cfg.gptq_damp, cfg.act_order)
-        quantized[name] = ("int", q, scale.half(), spec[0])
+        if spec := plan[name]:
+            q, scale = quantize_gptq(p, hessians[name], *spec, cfg.gptq_block, cfg.gptq_damp, cfg.act_order)
+        quantized[name] = ("int", q, scale.half(), spec[0]) if spec else ("fp16", p)
     return quantized
 
 def dequantize(quantized: dict) -> dict[str, torch.Tensor]:

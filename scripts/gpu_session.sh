@@ -18,8 +18,9 @@
 #                    op (the trainer) and from an eager table, and q|k|v split by columns (the trainer before run PA):
 #                    agreement, then times (scripts/attention_glue_bench.py)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
-#   record:<model>   a 120 s training run on corpus shards with plain/sliding(64)/stateful eval + int6 export, then
-#                    its quantization gap split by tensor group (scripts/quant_gap.py; the weights are too large to fetch)
+#   record:<model>   a 120 s training run (seed SEED, default 1337) on corpus shards with plain/sliding(64)/stateful
+#                    eval (EVAL_MODES) + int6 export, then its quantization gap split by tensor group (scripts/quant_gap.py; the
+#                    weights are too large to fetch; QUANT_GAP=0 skips it, QUANT_GAP_TRY="gdn.k:8 gdn:8" adds its --try)
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
@@ -84,14 +85,14 @@ for step in "$@"; do
               python3 scripts/warmup_profile.py --preset ${run%%:*} --cache-dir ${run#*:} > $OUT/warmup_$n.log 2>&1
               grep --line-buffered -E "^warmup|Error" $OUT/warmup_$n.log
             done ;;
-    record:*) wait $build; m=${step#record:}
+    record:*) wait $build; m=${step#record:}; run=${m}_${SECONDS_PER_RUN}s_seed${SEED:-1337}
       torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
-        train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[plain,sliding,stateful]" eval.stride=64 \
-        "export.compressors=[${COMPRESSORS:-lzma}]" run.log_dir=/tmp/runs run.run_id=${m}_${SECONDS_PER_RUN}s 2>&1 \
+        train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[${EVAL_MODES:-plain,sliding,stateful}]" eval.stride=64 \
+        "export.compressors=[${COMPRESSORS:-lzma}]" train.seed=${SEED:-1337} run.log_dir=/tmp/runs run.run_id=$run 2>&1 \
         | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
-      cp /tmp/runs/*.txt /tmp/runs/*.results.json $OUT/ 2>/dev/null
-      python3 scripts/quant_gap.py /tmp/runs/${m}_${SECONDS_PER_RUN}s --out $OUT/quant_gap_$m.json 2>&1 \
-        | grep --line-buffered -E "^quant_gap|Error" ;;
+      cp /tmp/runs/$run.txt /tmp/runs/$run.results.json $OUT/ 2>/dev/null
+      [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py /tmp/runs/$run --out $OUT/quant_gap_$run.json \
+        ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error" ;;
     sweep) wait $build
       python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \
         launch.sweep_dir=/tmp/sweep 2>&1 | grep --line-buffered -E "sweep_job|Error|error"

@@ -16,8 +16,18 @@ Per row: tensors, parameters, the relative weight error ||Q - W|| / ||W||, val_l
 and its share of the whole gap (`all`). Rows: float, all, each type, then each leaf that splits a type (gdn.q ...
 attn.o). The parts' gaps need not add up to the whole: the summary gives the sums over types and over leaves (a type
 not split is its own leaf). On CUDA with bf16 autocast and FLA's kernels, as the trainer evaluates; else on CPU.
+
+    python scripts/quant_gap.py logs/<run_id> --try gdn.k:8 gdn.q:8,gdn.k:8 [--compressors brotli]
+
+What a different `export.group_bits` would buy: each --try re-exports the run with those entries on top of its own
+(gdn.k:8: GDN's k projections at 8 bits). The Hessians are the run's own, recomputed from the same calibration
+sequences (the train split from where training stopped, or the model's own samples with the run's seeds), so a
+--try that changes nothing rebuilds the run's artifact (exactly on CPU). Per --try: the tensors whose bits changed,
+val_bpb, the gap and its change against the run's, and the artifact's exact bytes (built as the trainer builds it,
+with the run's compressors or --compressors), the code's and the total against the 16,000,000-byte limit.
 """
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -65,11 +75,20 @@ def main() -> None:
                         help="eval mode (default: the run's score mode)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--try", dest="variants", nargs="+", default=[], metavar="GROUP:BITS[,GROUP:BITS]",
+                        help="re-export with these export.group_bits entries on top of the run's; report gap and bytes")
+    parser.add_argument("--compressors", nargs="+", help="for --try artifacts (default: the run's export.compressors)")
+    parser.add_argument("--no-groups", action="store_true", help="only the float and all rows (then the --try rows)")
     args = parser.parse_args()
     if args.val_tokens < 0:
         parser.error(f"--val-tokens {args.val_tokens}: expected >= 0 (0: all)")
     prefix, config_path, weights_path, artifact_path = run_files(args.run)
     cfg = tg.load_config(["--config", str(config_path)])
+    results_path = prefix.with_name(prefix.name + ".results.json")
+    ran = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    variants = [variant_config(cfg, v, args.compressors) for v in args.variants]  # bad input fails before any eval
+    if variants and not {"tokens_seen", "world_size", "bytes_code"} <= ran.keys():
+        raise FileNotFoundError(f"{results_path}: --try needs the run's results (tokens_seen, world_size, bytes_code)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     d, mode = tg.Dist(0, 1, 0, device), args.mode or cfg.eval.modes[0]
@@ -91,10 +110,13 @@ def main() -> None:
     model = tg.GPT(cfg.model).to(device)
     model.set_kernel(tg.resolve_kernel(cfg.model.kernel, device))
 
+    def score_state(state: dict) -> dict:
+        model.load_state_dict(state)
+        return tg.evaluate(model, val, tables, cfg, d, [mode])[mode]
+
     def score(names: list[str]) -> dict:
         swap = set(names)
-        model.load_state_dict({k: decoded[k] if k in swap else trained[k] for k in trained})
-        return tg.evaluate(model, val, tables, cfg, d, [mode])[mode]
+        return score_state({k: decoded[k] if k in swap else trained[k] for k in trained})
 
     def weight_err(names: list[str]) -> float:
         num = sum((decoded[k] - trained[k]).pow(2).sum().item() for k in names)
@@ -103,7 +125,7 @@ def main() -> None:
     t0, rows = time.perf_counter(), []
     types, leaves = tensor_groups(changed, cfg.model.layout)
     splits = sorted((k, v) for k, v in leaves.items() if k not in types)
-    order = [("float", []), ("all", changed)] + sorted(types.items()) + splits
+    order = [("float", []), ("all", changed)] + ([] if args.no_groups else sorted(types.items()) + splits)
     for group, names in order:  # each row printed as it comes: a long CPU run that stops keeps what it did
         row = dict(group=group, tensors=len(names), params=sum(trained[k].numel() for k in names),
                    weight_err=weight_err(names), **score(names))
@@ -119,17 +141,74 @@ def main() -> None:
     gap_of = {r["group"]: r["gap_bpb"] for r in rows}
     print(f"quant_gap_summary run:{prefix.name} artifact:{artifact_path.name} "
           f"tokens:{base['tokens']} tensors_changed:{len(changed)} tensors_unchanged:{len(trained) - len(changed)} "
-          f"gap_bpb:{whole:+.6f} sum_of_types:{sum(gap_of[k] for k in types):+.6f} "
-          f"sum_of_leaves:{sum(gap_of[k] for k in leaves):+.6f} mode:{mode} device:{device.type} "
+          f"gap_bpb:{whole:+.6f}" + ("" if args.no_groups else f" sum_of_types:{sum(gap_of[k] for k in types):+.6f} "
+          f"sum_of_leaves:{sum(gap_of[k] for k in leaves):+.6f}") + f" mode:{mode} device:{device.type} "
           f"time:{time.perf_counter() - t0:.1f}s")
-    results = prefix.with_name(prefix.name + ".results.json")
-    if results.is_file() and (ran := json.loads(results.read_text())).get("q_val_bpb") is not None:
+    if ran.get("q_val_bpb") is not None:
         print(f"quant_gap_run_scores mode:{cfg.eval.modes[0]} val_bpb:{ran['val_bpb']:.8f} "
               f"q_val_bpb:{ran['q_val_bpb']:.8f} tokens:{ran['evals'][cfg.eval.modes[0]]['tokens']} (the run's own)")
+    tries = []
+    if variants:
+        model.load_state_dict(trained)
+        hessians = run_hessians(cfg, model, ran, [n for n, spec in tg.quant_plan(model, cfg.export).items() if spec], d)
+        tries = try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
+                               ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:
-        kept = [{k: v for k, v in r.items() if k != "eval_time"} for r in rows]
+        kept = [{k: v for k, v in r.items() if k != "eval_time"} for r in rows + tries]
         Path(args.out).write_text(json.dumps(dict(run=str(config_path), artifact=str(artifact_path), mode=mode,
-                                                  device=device.type, rows=kept), indent=1))
+                                                  device=device.type, rows=kept[:len(rows)], tries=kept[len(rows):]),
+                                             indent=1))
+
+
+def variant_config(cfg, variant: str, compressors: list[str] | None) -> tg.ExportConfig:
+    """The run's export config with `variant`'s group:bits entries replacing or joining its export.group_bits."""
+    added = {item.partition(":")[0]: item for item in variant.split(",")}
+    kept = [item for item in cfg.export.group_bits if str(item).partition(":")[0] not in added]
+    xcfg = dataclasses.replace(cfg.export, enabled=True, group_bits=kept + list(added.values()),
+                               compressors=compressors or cfg.export.compressors)
+    tg.validate_config(dataclasses.replace(cfg, export=xcfg))  # a bad group, bits or compressor: the trainer's error
+    return xcfg
+
+
+def run_hessians(cfg, model, ran: dict, names: list[str], d) -> dict:
+    """The run's GPTQ Hessians again: its calibration sequences through its trained weights (loaded in `model`)."""
+    x, calib_len = cfg.export, cfg.export.calib_seq_len or cfg.train.seq_len
+    if x.calib_source == "train":  # the trainer reads them from where training stopped: steps * global batch tokens
+        stream = tg.TokenStream(cfg.data.train_files, cfg.model.vocab_size)
+        batches = tg.calibration_batches(stream, ran["tokens_seen"], x.calib_seqs, calib_len, cfg.train.micro_batch_seqs, d)
+        return tg.collect_hessians(model, batches, names, d)
+    world = ran["world_size"]  # self-generated: rank r sampled its share with seed + r; the trainer summed over ranks
+    samples = [tg.generate_tokens(model, len(range(r, x.calib_seqs, world)), calib_len, d, cfg.train.seed + r)
+               for r in range(world)]
+    return tg.collect_hessians(model, [t for s in samples for t in s.split(cfg.train.micro_batch_seqs)], names, d)
+
+
+def try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state, float_bpb: float, whole: float,
+                   bytes_code: int, run_bytes: int) -> list[dict]:
+    """Each variant re-quantized with the run's Hessians and scored (a line each); then all its artifacts built side by
+    side (brotli and lzma release the GIL) and their bytes printed."""
+    from concurrent.futures import ThreadPoolExecutor
+    run_plan, tries, exports = tg.quant_plan(model, cfg.export), [], []
+    for xcfg in variants:
+        model.load_state_dict(trained)
+        plan, quantized = tg.quant_plan(model, xcfg), tg.quantize_model(model, hessians, xcfg)
+        state = tg.dequantize(quantized)
+        row = dict(group_bits=list(xcfg.group_bits), retuned=sum(plan[n] != run_plan[n] for n in plan),
+                   as_artifact=sum(torch.equal(state[k], decoded[k]) for k in state), tensors=len(state), **score_state(state))
+        row.update(gap_bpb=row["val_bpb"] - float_bpb, gap_change_bpb=row["val_bpb"] - float_bpb - whole)
+        print(f"quant_gap_try group_bits:{','.join(row['group_bits']) or '-'} retuned_tensors:{row['retuned']} "
+              f"tensors_as_in_artifact:{row['as_artifact']}/{row['tensors']} val_bpb:{row['val_bpb']:.8f} "
+              f"gap_bpb:{row['gap_bpb']:+.6f} gap_change_bpb:{row['gap_change_bpb']:+.6f}", flush=True)
+        tries.append(row)
+        exports.append((quantized, xcfg.compressors))
+    with ThreadPoolExecutor(len(exports)) as pool:
+        blobs = list(pool.map(lambda job: tg.build_artifact(*job)[0], exports))
+    for row, blob in zip(tries, blobs):
+        row.update(bytes_model=len(blob), bytes_change=len(blob) - run_bytes, bytes_total=bytes_code + len(blob))
+        print(f"quant_gap_try_bytes group_bits:{','.join(row['group_bits']) or '-'} bytes_model:{len(blob)} "
+              f"bytes_change:{len(blob) - run_bytes:+d} bytes_total:{bytes_code + len(blob)} "
+              f"fits:{bytes_code + len(blob) <= tg.ARTIFACT_LIMIT} gap_change_bpb:{row['gap_change_bpb']:+.6f}", flush=True)
+    return tries
 
 
 if __name__ == "__main__":

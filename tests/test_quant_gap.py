@@ -98,3 +98,33 @@ def test_bad_input_names_the_file_or_value(exported_run, tmp_path):
     (tmp_path / "other.int6.ptz").write_bytes(Path(f"{prefix}.int6.ptz").read_bytes())
     proc = run_script(other, "--device", "cpu")
     assert proc.returncode != 0 and "do not match" in proc.stderr and "other.model.pt" in proc.stderr
+
+
+def test_try_rebuilds_the_run_and_prices_other_group_bits(exported_run, tmp_path):
+    """--try re-exports with the run's own Hessians, recomputed from its calibration sequences: a variant that changes
+    nothing rebuilds the run's artifact byte for byte and its score; gdn.k:8 retunes exactly the GDN k projections,
+    leaves every other tensor as in the artifact, costs bytes and lowers k's error."""
+    res, prefix = exported_run
+    proc = run_script(prefix, "--device", "cpu", "--no-groups", "--try", "gdn:6", "gdn.k:8", "--out", tmp_path / "t.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert [r["group"] for r in out["rows"]] == ["float", "all"]
+    same, k8 = out["tries"]
+    run_bytes = Path(res["artifact_path"]).stat().st_size
+    assert same["retuned"] == 0 and same["as_artifact"] == same["tensors"] and same["bytes_model"] == run_bytes
+    assert math.isclose(same["val_bpb"], res["q_val_bpb"], rel_tol=1e-9) and abs(same["gap_change_bpb"]) < 1e-9
+    assert same["bytes_total"] == res["bytes_total"]
+    cfg = tg.config_from_dict(tg.Config, res["config"])
+    gdn_blocks = cfg.model.layout.count("G")
+    assert k8["group_bits"] == ["gdn.k:8"] and k8["retuned"] == gdn_blocks
+    assert k8["as_artifact"] == k8["tensors"] - gdn_blocks and k8["bytes_model"] > run_bytes
+    assert k8["bytes_change"] == k8["bytes_model"] - run_bytes
+    printed = re.findall(r"^quant_gap_try_bytes group_bits:(\S+) bytes_model:(\d+) .* fits:True", proc.stdout, re.M)
+    assert printed == [("gdn:6", str(run_bytes)), ("gdn.k:8", str(k8["bytes_model"]))]
+
+
+def test_a_bad_try_fails_before_any_eval(exported_run):
+    _, prefix = exported_run
+    proc = run_script(prefix, "--device", "cpu", "--try", "gdn.k:8,gdn.x:4")
+    assert proc.returncode != 0 and "config export.group_bits: 'gdn.x:4'" in proc.stderr and "groups: gdn, attn" in proc.stderr
+    assert "quant_gap group:" not in proc.stdout
