@@ -17,14 +17,16 @@ and its share of the whole gap (`all`). Rows: float, all, each type, then each l
 attn.o). The parts' gaps need not add up to the whole: the summary gives the sums over types and over leaves (a type
 not split is its own leaf). On CUDA with bf16 autocast and FLA's kernels, as the trainer evaluates; else on CPU.
 
-    python scripts/quant_gap.py logs/<run_id> --try gdn.k:8 gdn.q:8,gdn.k:8 [--compressors brotli]
+    python scripts/quant_gap.py logs/<run_id> --try gdn.out:8 gdn.out:8,gdn.v:8 matrix_clip_k=10 [--compressors brotli]
 
-What a different `export.group_bits` would buy: each --try re-exports the run with those entries on top of its own
-(gdn.k:8: GDN's k projections at 8 bits). The Hessians are the run's own, recomputed from the same calibration
-sequences (the train split from where training stopped, or the model's own samples with the run's seeds), so a
---try that changes nothing rebuilds the run's artifact (exactly on CPU). Per --try: the tensors whose bits changed,
-val_bpb, the gap and its change against the run's, and the artifact's exact bytes (built as the trainer builds it,
-with the run's compressors or --compressors), the code's and the total against the 16,000,000-byte limit.
+What another export would buy: each --try re-exports the run with its comma-separated entries on top of the run's
+export config. group:bits entries join `export.group_bits` (gdn.out:8: GDN's out projections at 8 bits); key=value
+entries set the export keys that need no other calibration (TRY_KEYS: bits, clip_k, keep_float_max_numel, GPTQ's).
+The Hessians are the run's own, recomputed from the same calibration sequences (the train split from where training
+stopped, or the model's own samples with the run's seeds), so a --try that changes nothing rebuilds the run's
+artifact (exactly on CPU). Per --try: the tensors whose (bits, clip_k) changed, val_bpb, the gap and its change
+against the run's, then the artifact's exact bytes (built as the trainer builds it, with the run's compressors or
+--compressors), and the total with the code against the 16,000,000-byte limit.
 """
 import argparse
 import dataclasses
@@ -75,8 +77,8 @@ def main() -> None:
                         help="eval mode (default: the run's score mode)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
     parser.add_argument("--out", help="write the rows as JSON here")
-    parser.add_argument("--try", dest="variants", nargs="+", default=[], metavar="GROUP:BITS[,GROUP:BITS]",
-                        help="re-export with these export.group_bits entries on top of the run's; report gap and bytes")
+    parser.add_argument("--try", dest="variants", nargs="+", default=[], metavar="GROUP:BITS|KEY=VALUE[,...]",
+                        help="re-export with these group_bits entries / export keys on top of the run's; gap and bytes")
     parser.add_argument("--compressors", nargs="+", help="for --try artifacts (default: the run's export.compressors)")
     parser.add_argument("--no-groups", action="store_true", help="only the float and all rows (then the --try rows)")
     args = parser.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
     cfg = tg.load_config(["--config", str(config_path)])
     results_path = prefix.with_name(prefix.name + ".results.json")
     ran = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    variants = [variant_config(cfg, v, args.compressors) for v in args.variants]  # bad input fails before any eval
+    variants = [(v, variant_config(cfg, v, args.compressors)) for v in args.variants]  # bad input fails before any eval
     if variants and not {"tokens_seen", "world_size", "bytes_code"} <= ran.keys():
         raise FileNotFoundError(f"{results_path}: --try needs the run's results (tokens_seen, world_size, bytes_code)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -150,7 +152,7 @@ def main() -> None:
     tries = []
     if variants:
         model.load_state_dict(trained)
-        hessians = run_hessians(cfg, model, ran, [n for n, spec in tg.quant_plan(model, cfg.export).items() if spec], d)
+        hessians = run_hessians(cfg, model, ran, list(tg.hessian_sources(model)), d)  # every matrix GPTQ could take
         tries = try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
                                ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:
@@ -160,13 +162,26 @@ def main() -> None:
                                              indent=1))
 
 
+TRY_KEYS = ("matrix_bits", "embed_bits", "matrix_clip_k", "embed_clip_k", "keep_float_max_numel", "gptq_block",
+            "gptq_damp", "act_order")  # what a re-export may change; calibration keys would need other Hessians
+
+
 def variant_config(cfg, variant: str, compressors: list[str] | None) -> tg.ExportConfig:
-    """The run's export config with `variant`'s group:bits entries replacing or joining its export.group_bits."""
-    added = {item.partition(":")[0]: item for item in variant.split(",")}
-    kept = [item for item in cfg.export.group_bits if str(item).partition(":")[0] not in added]
-    xcfg = dataclasses.replace(cfg.export, enabled=True, group_bits=kept + list(added.values()),
-                               compressors=compressors or cfg.export.compressors)
-    tg.validate_config(dataclasses.replace(cfg, export=xcfg))  # a bad group, bits or compressor: the trainer's error
+    """The run's export config with `variant`'s entries: group:bits replacing or joining its export.group_bits, and
+    key=value for the keys in TRY_KEYS (checked as the trainer checks them)."""
+    from omegaconf import OmegaConf
+    entries = variant.split(",")
+    added = {item.partition(":")[0]: item for item in entries if "=" not in item}
+    values = dataclasses.asdict(cfg.export) | {"enabled": True, "compressors": compressors or cfg.export.compressors}
+    for item in (e for e in entries if "=" in e):
+        key, value = item.split("=", 1)
+        if key.removeprefix("export.") not in TRY_KEYS:
+            raise ValueError(f"--try {variant!r}: {key!r} is not an export key a re-export can change "
+                             f"({', '.join(TRY_KEYS)}, or group:bits)")
+        values[key.removeprefix("export.")] = OmegaConf.from_dotlist([f"v={value}"]).v  # parsed as Hydra would
+    values["group_bits"] = [item for item in cfg.export.group_bits if str(item).partition(":")[0] not in added] + list(added.values())
+    xcfg = tg.config_from_dict(tg.ExportConfig, values, "export.")  # a wrong type or range: the trainer's own error
+    tg.validate_config(dataclasses.replace(cfg, export=xcfg))  # a bad group, bits or compressor: likewise
     return xcfg
 
 
@@ -189,14 +204,14 @@ def try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state
     side (brotli and lzma release the GIL) and their bytes printed."""
     from concurrent.futures import ThreadPoolExecutor
     run_plan, tries, exports = tg.quant_plan(model, cfg.export), [], []
-    for xcfg in variants:
+    for text, xcfg in variants:
         model.load_state_dict(trained)
         plan, quantized = tg.quant_plan(model, xcfg), tg.quantize_model(model, hessians, xcfg)
         state = tg.dequantize(quantized)
-        row = dict(group_bits=list(xcfg.group_bits), retuned=sum(plan[n] != run_plan[n] for n in plan),
+        row = dict(variant=text, group_bits=list(xcfg.group_bits), retuned=sum(plan[n] != run_plan[n] for n in plan),
                    as_artifact=sum(torch.equal(state[k], decoded[k]) for k in state), tensors=len(state), **score_state(state))
         row.update(gap_bpb=row["val_bpb"] - float_bpb, gap_change_bpb=row["val_bpb"] - float_bpb - whole)
-        print(f"quant_gap_try group_bits:{','.join(row['group_bits']) or '-'} retuned_tensors:{row['retuned']} "
+        print(f"quant_gap_try try:{text} retuned_tensors:{row['retuned']} "
               f"tensors_as_in_artifact:{row['as_artifact']}/{row['tensors']} val_bpb:{row['val_bpb']:.8f} "
               f"gap_bpb:{row['gap_bpb']:+.6f} gap_change_bpb:{row['gap_change_bpb']:+.6f}", flush=True)
         tries.append(row)
@@ -205,7 +220,7 @@ def try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state
         blobs = list(pool.map(lambda job: tg.build_artifact(*job)[0], exports))
     for row, blob in zip(tries, blobs):
         row.update(bytes_model=len(blob), bytes_change=len(blob) - run_bytes, bytes_total=bytes_code + len(blob))
-        print(f"quant_gap_try_bytes group_bits:{','.join(row['group_bits']) or '-'} bytes_model:{len(blob)} "
+        print(f"quant_gap_try_bytes try:{row['variant']} bytes_model:{len(blob)} "
               f"bytes_change:{len(blob) - run_bytes:+d} bytes_total:{bytes_code + len(blob)} "
               f"fits:{bytes_code + len(blob) <= tg.ARTIFACT_LIMIT} gap_change_bpb:{row['gap_change_bpb']:+.6f}", flush=True)
     return tries

@@ -105,11 +105,12 @@ def test_try_rebuilds_the_run_and_prices_other_group_bits(exported_run, tmp_path
     nothing rebuilds the run's artifact byte for byte and its score; gdn.k:8 retunes exactly the GDN k projections,
     leaves every other tensor as in the artifact, costs bytes and lowers k's error."""
     res, prefix = exported_run
-    proc = run_script(prefix, "--device", "cpu", "--no-groups", "--try", "gdn:6", "gdn.k:8", "--out", tmp_path / "t.json")
+    proc = run_script(prefix, "--device", "cpu", "--no-groups", "--try", "gdn:6", "gdn.k:8", "matrix_clip_k=8",
+                      "--out", tmp_path / "t.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "t.json").read_text())
     assert [r["group"] for r in out["rows"]] == ["float", "all"]
-    same, k8 = out["tries"]
+    same, k8, clip8 = out["tries"]
     run_bytes = Path(res["artifact_path"]).stat().st_size
     assert same["retuned"] == 0 and same["as_artifact"] == same["tensors"] and same["bytes_model"] == run_bytes
     assert math.isclose(same["val_bpb"], res["q_val_bpb"], rel_tol=1e-9) and abs(same["gap_change_bpb"]) < 1e-9
@@ -119,12 +120,22 @@ def test_try_rebuilds_the_run_and_prices_other_group_bits(exported_run, tmp_path
     assert k8["group_bits"] == ["gdn.k:8"] and k8["retuned"] == gdn_blocks
     assert k8["as_artifact"] == k8["tensors"] - gdn_blocks and k8["bytes_model"] > run_bytes
     assert k8["bytes_change"] == k8["bytes_model"] - run_bytes
-    printed = re.findall(r"^quant_gap_try_bytes group_bits:(\S+) bytes_model:(\d+) .* fits:True", proc.stdout, re.M)
-    assert printed == [("gdn:6", str(run_bytes)), ("gdn.k:8", str(k8["bytes_model"]))]
+    # A tighter clip (8 std instead of 15) retunes every int6 matrix, and only those: finer steps, more bytes.
+    int6 = [n for n, spec in tg.quant_plan(tg.GPT(cfg.model), cfg.export).items() if spec and spec[0] == 6]
+    assert clip8["retuned"] == len(int6) and clip8["as_artifact"] == clip8["tensors"] - len(int6)
+    assert clip8["bytes_model"] > run_bytes
+    printed = re.findall(r"^quant_gap_try_bytes try:(\S+) bytes_model:(\d+) .* fits:True", proc.stdout, re.M)
+    assert printed == [("gdn:6", str(run_bytes)), ("gdn.k:8", str(k8["bytes_model"])),
+                       ("matrix_clip_k=8", str(clip8["bytes_model"]))]
 
 
-def test_a_bad_try_fails_before_any_eval(exported_run):
+@pytest.mark.parametrize("variant,message", [
+    ("gdn.k:8,gdn.x:4", "config export.group_bits: 'gdn.x:4' must be 'group:bits'"),
+    ("calib_seqs=4", "'calib_seqs' is not an export key a re-export can change (matrix_bits, embed_bits"),
+    ("matrix_clip_k=0", "config export.matrix_clip_k: 0.0 must be > 0"),
+    ("export.matrix_bits=9", "config export.matrix_bits: 9 must be in 2..8")])
+def test_a_bad_try_fails_before_any_eval(exported_run, variant, message):
     _, prefix = exported_run
-    proc = run_script(prefix, "--device", "cpu", "--try", "gdn.k:8,gdn.x:4")
-    assert proc.returncode != 0 and "config export.group_bits: 'gdn.x:4'" in proc.stderr and "groups: gdn, attn" in proc.stderr
+    proc = run_script(prefix, "--device", "cpu", "--try", "gdn:6", variant)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "quant_gap group:" not in proc.stdout
