@@ -19,8 +19,9 @@
 #                    agreement, then times (scripts/attention_glue_bench.py)
 #   warmup           the warm-up by phase (scripts/warmup_profile.py): gdn_hybrid cold, then warm caches; attention cold
 #   record:<model>   a 120 s training run (seed SEED, default 1337) on corpus shards with plain/sliding(64)/stateful
-#                    eval (EVAL_MODES) + int6 export, then its quantization gap split by tensor group (scripts/quant_gap.py; the
-#                    weights are too large to fetch; QUANT_GAP=0 skips it, QUANT_GAP_TRY="gdn.k:8 gdn:8" adds its --try)
+#                    eval (EVAL_MODES) + int6 export, then its quantization gap split by tensor group
+#                    (scripts/quant_gap.py: the weights are too large to fetch; QUANT_GAP=0 skips it,
+#                    QUANT_GAP_TRY="gdn.out:8 matrix_clip_k=10" adds its --try re-exports)
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)

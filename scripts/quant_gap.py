@@ -153,7 +153,7 @@ def main() -> None:
     if variants:
         model.load_state_dict(trained)
         hessians = run_hessians(cfg, model, ran, list(tg.hessian_sources(model)), d)  # every matrix GPTQ could take
-        tries = try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
+        tries = try_exports(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
                                ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:
         kept = [{k: v for k, v in r.items() if k != "eval_time"} for r in rows + tries]
@@ -198,7 +198,7 @@ def run_hessians(cfg, model, ran: dict, names: list[str], d) -> dict:
     return tg.collect_hessians(model, [t for s in samples for t in s.split(cfg.train.micro_batch_seqs)], names, d)
 
 
-def try_group_bits(variants, cfg, model, trained, decoded, hessians, score_state, float_bpb: float, whole: float,
+def try_exports(variants, cfg, model, trained, decoded, hessians, score_state, float_bpb: float, whole: float,
                    bytes_code: int, run_bytes: int) -> list[dict]:
     """Each variant re-quantized with the run's Hessians and scored (a line each); then all its artifacts built side by
     side (brotli and lzma release the GIL) and their bytes printed."""
