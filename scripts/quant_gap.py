@@ -156,10 +156,10 @@ def main() -> None:
         tries = try_exports(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
                                ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:
-        kept = [{k: v for k, v in r.items() if k != "eval_time"} for r in rows + tries]
+        def timeless(table: list[dict]) -> list[dict]:
+            return [{k: v for k, v in r.items() if k != "eval_time"} for r in table]
         Path(args.out).write_text(json.dumps(dict(run=str(config_path), artifact=str(artifact_path), mode=mode,
-                                                  device=device.type, rows=kept[:len(rows)], tries=kept[len(rows):]),
-                                             indent=1))
+                                                  device=device.type, rows=timeless(rows), tries=timeless(tries)), indent=1))
 
 
 TRY_KEYS = ("matrix_bits", "embed_bits", "matrix_clip_k", "embed_clip_k", "keep_float_max_numel", "gptq_block",
