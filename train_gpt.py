@@ -1223,7 +1223,7 @@ def quantize_model(model: GPT, hessians: dict, cfg: ExportConfig) -> dict:
     for name, p in model.state_dict().items():
         if spec := plan[name]:
             q, scale = quantize_gptq(p, hessians[name], *spec, cfg.gptq_block, cfg.gptq_damp, cfg.act_order)
-        quantized[name] = ("int", q, scale.half(), spec[0]) if spec else ("fp16", p)
+        quantized[name] = ("int", q, scale.half(), spec[0]) if spec else ("fp16", p.clone())  # not the live weight
     return quantized
 
 def dequantize(quantized: dict) -> dict[str, torch.Tensor]:

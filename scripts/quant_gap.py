@@ -152,7 +152,11 @@ def main() -> None:
     tries = []
     if variants:
         model.load_state_dict(trained)
-        hessians = run_hessians(cfg, model, ran, list(tg.hessian_sources(model)), d)  # every matrix GPTQ could take
+        # The run's own Hessians with the trainer's hooks: a hooked o_proj runs its norm unfolded (another rounding), so
+        # the matrices only a variant quantizes get a pass of their own.
+        own = [n for n, spec in tg.quant_plan(model, cfg.export).items() if spec]
+        more = sorted({n for _, x in variants for n, spec in tg.quant_plan(model, x).items() if spec} - set(own))
+        hessians = run_hessians(cfg, model, ran, own, d) | (run_hessians(cfg, model, ran, more, d) if more else {})
         tries = try_exports(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
                                ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:

@@ -1,6 +1,7 @@
 """scripts/quant_gap.py on a real (tiny, CPU) run with an int6 export: its `float` and `all` rows reproduce the run's
 two scores exactly, its types and leaves each partition the tensors the export changed, and each row is the eval of
 exactly that mix of weights."""
+import dataclasses
 import json
 import math
 import re
@@ -127,6 +128,45 @@ def test_try_rebuilds_the_run_and_prices_other_group_bits(exported_run, tmp_path
     printed = re.findall(r"^quant_gap_try_bytes try:(\S+) bytes_model:(\d+) .* fits:True", proc.stdout, re.M)
     assert printed == [("gdn:6", str(run_bytes)), ("gdn.k:8", str(k8["bytes_model"])),
                        ("matrix_clip_k=8", str(clip8["bytes_model"]))]
+
+
+@pytest.fixture(scope="module")
+def partly_float_run(synthetic_data, tmp_path_factory):
+    """A run whose export keeps the 64 x 64 mixer matrices in fp16 (keep_float_max_numel above their size), as a real
+    run keeps a_proj and b_proj; the MLP and the embedding are quantized."""
+    log_dir = tmp_path_factory.mktemp("quant_gap_partly_float")
+    args = TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.compressors=[lzma]", "export.calib_seqs=8",
+                                                      "export.keep_float_max_numel=5000", "train.max_steps=20",
+                                                      "train.schedule=steps", "train.max_wallclock_seconds=600"]
+    _, res = run_trainer(args, log_dir=log_dir)
+    return res, Path(res["log_path"]).with_suffix("")
+
+
+def test_try_variants_stay_exact_and_independent_when_one_quantizes_more(partly_float_run, tmp_path):
+    """A variant that quantizes matrices the run kept in fp16 (o_proj among them) needs Hessians the run never
+    collected, and a hooked o_proj runs its norm unfolded (other rounding in the forward): those Hessians get a pass of
+    their own, so the no-change variant beside it still rebuilds the run byte for byte. Each variant's artifact is its
+    own (an fp16 tensor is a copy, not the live weight that scoring the next variant overwrites): its bytes and score
+    equal the same variant's tried alone."""
+    res, prefix = partly_float_run
+    both = run_script(prefix, "--device", "cpu", "--no-groups", "--try", "gdn:6", "keep_float_max_numel=1000",
+                      "--out", tmp_path / "both.json")
+    alone = run_script(prefix, "--device", "cpu", "--no-groups", "--try", "keep_float_max_numel=1000",
+                       "--out", tmp_path / "alone.json")
+    assert both.returncode == 0 and alone.returncode == 0, both.stderr[-3000:] + alone.stderr[-3000:]
+    same, finer = json.loads((tmp_path / "both.json").read_text())["tries"]
+    (finer_alone,) = json.loads((tmp_path / "alone.json").read_text())["tries"]
+    run_bytes = Path(res["artifact_path"]).stat().st_size
+    assert same["as_artifact"] == same["tensors"] and same["bytes_model"] == run_bytes
+    assert math.isclose(same["val_bpb"], res["q_val_bpb"], rel_tol=1e-9)
+    cfg = tg.config_from_dict(tg.Config, res["config"])
+    model = tg.GPT(cfg.model)
+    kept, finer_plan = tg.quant_plan(model, cfg.export), tg.quant_plan(model, dataclasses.replace(
+        cfg.export, keep_float_max_numel=1000))
+    newly = [n for n in kept if kept[n] is None and finer_plan[n] is not None]
+    assert any(n.endswith("mixer.o_proj.weight") for n in newly)
+    assert finer["retuned"] == len(newly) and finer["as_artifact"] == finer["tensors"] - len(newly)
+    assert (finer["bytes_model"], finer["val_bpb"]) == (finer_alone["bytes_model"], finer_alone["val_bpb"])
 
 
 @pytest.mark.parametrize("variant,message", [
