@@ -13,6 +13,8 @@ A record folder is records/<track>/<YYYY-MM-DD>_<name>/ and holds
 Usage:
     python records.py write --track track_local --name gdn_hybrid_3seed \\
         --results logs/a.results.json logs/b.results.json logs/c.results.json
+    python records.py rerun records/track_local/RECORD --seed 2     # prints the command for a new seed
+    python records.py add records/track_local/RECORD --results logs/c.results.json --command "..."
     python records.py validate records
     python records.py leaderboard --records-dir records
     python records.py compare records/track_local/NEW records/track_local/OLD --margin 0.005
@@ -40,6 +42,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -313,7 +316,8 @@ def timed_track_problems(where: str, results: dict) -> list[str]:
     return problems
 
 
-def load_run(results_path: Path, track: str) -> Run:
+def load_run(results_path: Path, track: str, log_path: Path | None = None) -> Run:
+    """A run from its results.json; its log is found as resolve_log_path says unless log_path is given."""
     results_path = Path(results_path)
     results = read_json(results_path)
     if not isinstance(results, dict):
@@ -324,7 +328,7 @@ def load_run(results_path: Path, track: str) -> Run:
         raise RecordError("; ".join(problems))
     if not is_iso_date(results["date"]):
         raise RecordError(f"{results_path}: date {results['date']!r} is not YYYY-MM-DD")
-    log_path = resolve_log_path(results_path, results)
+    log_path = log_path or resolve_log_path(results_path, results)
     final_line = results["final_line"].rstrip()
     if last_line(log_path) != final_line:
         raise RecordError(f"{results_path}: the last line of {log_path} is not the results' "
@@ -561,8 +565,15 @@ def write_record(track: str, name: str, results_paths: Sequence[str | Path], *,
     if dest.exists() and not force:
         raise RecordError(f"{dest} already exists (use --force to replace it)")
     submission = build_submission(runs, track, name, author, github_id, blurb, date)
+    store_record(dest, runs, submission, script, commands)
+    return dest
 
-    # Build next to the destination, then swap in, so a failure never leaves half a record.
+
+def store_record(dest: Path, runs: Sequence[Run], submission: dict, script: Path,
+                 commands: Sequence[str], keep_valid: bool = False) -> None:
+    """Write the record folder dest (replacing it). It is built next to dest and then swapped in, so a
+    failure never leaves half a record; script and the runs' files may lie inside dest. keep_valid: a
+    folder that validation would fault is not swapped in (RecordError naming its problems)."""
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "results").mkdir(parents=True)
@@ -576,10 +587,71 @@ def write_record(track: str, name: str, results_paths: Sequence[str | Path], *,
                                              encoding="utf-8")
     (staging / "README.md").write_text(build_readme(runs, submission, commands),
                                        encoding="utf-8")
+    problems = validate_record(staging) if keep_valid else []
+    if problems:
+        shutil.rmtree(staging)
+        raise RecordError(f"with these runs {dest} would not be valid: {'; '.join(problems)}")
     if dest.exists():
         shutil.rmtree(dest)
     staging.rename(dest)
-    return dest
+
+
+def record_runs(record: Path) -> tuple[dict, list[Run]]:
+    """A valid record folder's submission.json and its runs (results/seed<seed>.json and train_seed<seed>.log)."""
+    problems = validate_record(record)
+    if problems:
+        raise RecordError(f"{record} is not a valid record ({len(problems)} problem"
+                          f"{'s' if len(problems) > 1 else ''}, first: {problems[0]}); "
+                          f"see records.py validate {record}")
+    submission = read_json(record / "submission.json")
+    return submission, [load_run(record / "results" / f"seed{seed}.json", submission["track"],
+                                 log_path=record / f"train_seed{seed}.log") for seed in submission["seeds"]]
+
+
+def readme_commands(readme: Path) -> list[str]:
+    """The lines of the bash block under '## Command' in a README.md that build_readme wrote (none if it
+    says the command was not recorded)."""
+    match = re.search(r"^## Command\n\n```bash\n(.*?)\n```$", readme.read_text(encoding="utf-8"), re.M | re.S)
+    return match.group(1).split("\n") if match else []
+
+
+def add_seeds(record: str | Path, results_paths: Sequence[str | Path],
+              commands: Sequence[str] = ()) -> Path:
+    """Add runs at new seeds to a valid record folder, in place: they must have run its stored train_gpt.py
+    with its config apart from train.seed and run.*. Its name, author and blurb stay; the mean, std,
+    bytes_total and date (the day the record was complete) are recomputed over all seeds, and commands
+    are appended to the README's. Raises RecordError (nothing changed) when they cannot join it."""
+    record = Path(record)
+    if not results_paths:
+        raise RecordError("no results files given")
+    submission, held = record_runs(record)
+    new = [load_run(Path(p), submission["track"]) for p in results_paths]
+    taken = sorted({run.seed for run in new} & {run.seed for run in held})
+    if taken:
+        raise RecordError(f"seed{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))} "
+                          f"already in {record} (its seeds: {submission['seeds']})")
+    runs = held + new
+    check_runs_agree(runs, record / "train_gpt.py")
+    date = max(run.results["date"] for run in runs)
+    updated = build_submission(runs, submission["track"], submission["name"], submission["author"],
+                               submission["github_id"], submission["blurb"], date)
+    store_record(record, runs, updated, record / "train_gpt.py",
+                 readme_commands(record / "README.md") + list(commands), keep_valid=True)
+    return record
+
+
+def rerun_command(record: str | Path, seed: int, log_dir: str = "logs", run_id: str = "") -> str:
+    """The command that runs a valid record's stored train_gpt.py with its config.yaml at another seed, on as
+    many processes as it ran with, from the repository root (the config's data paths are relative to it)."""
+    record = Path(record)
+    submission, runs = record_runs(record)
+    if seed in submission["seeds"]:
+        raise RecordError(f"seed {seed} is already in {record} (its seeds: {submission['seeds']})")
+    if not (record / "config.yaml").is_file():
+        raise RecordError(f"{record / 'config.yaml'} is missing: the record does not hold its runs' config")
+    return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={runs[0].results['world_size']}",
+                       str(record / "train_gpt.py"), "--config", str(record / "config.yaml"),
+                       f"train.seed={seed}", f"run.log_dir={log_dir}", f"run.run_id={run_id}"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -974,6 +1046,20 @@ def cmd_write(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    dest = add_seeds(args.record, args.results, commands=args.command)
+    print(f"added seed{'s' if len(args.results) > 1 else ''} to {dest}")
+    problems = validate_record(dest)
+    for problem in problems:
+        print(f"{dest}: {problem}")
+    return 1 if problems else 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    print(rerun_command(args.record, args.seed, args.log_dir, args.run_id))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.paths:
@@ -1035,6 +1121,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="command that produced the runs (repeatable), shown in README.md")
     write.add_argument("--force", action="store_true", help="replace an existing record folder")
     write.set_defaults(handler=cmd_write)
+
+    add = sub.add_parser("add", help="add runs at new seeds to a record folder, in place")
+    add.add_argument("record", help="the record folder")
+    add.add_argument("--results", required=True, nargs="+", help="results.json of each new seed")
+    add.add_argument("--command", action="append", default=[],
+                     help="command that produced the new runs (repeatable), appended in README.md")
+    add.set_defaults(handler=cmd_add)
+
+    rerun = sub.add_parser("rerun", help="print the command that runs a record's script and config at another seed")
+    rerun.add_argument("record", help="the record folder")
+    rerun.add_argument("--seed", required=True, type=int)
+    rerun.add_argument("--log-dir", default="logs")
+    rerun.add_argument("--run-id", default="", help="default: generated by the trainer")
+    rerun.set_defaults(handler=cmd_rerun)
 
     validate = sub.add_parser("validate", help="check record folders or trees of them")
     validate.add_argument("paths", nargs="+")

@@ -22,6 +22,9 @@
 #                    eval (EVAL_MODES) + int6 export, then its quantization gap split by tensor group
 #                    (scripts/quant_gap.py: the weights are too large to fetch; QUANT_GAP=0 skips it,
 #                    QUANT_GAP_TRY="gdn.out:8 matrix_clip_k=10" adds its --try re-exports)
+#   reseed:<record>  that record folder's own train_gpt.py and config.yaml at seed SEED (records.py rerun; DATA must be
+#                    the record's data), then the split as for record: with the working tree's quant_gap.py; the
+#                    run's log and results.json land in $OUT for `records.py add <record> --results ...`
 #   sweep            EXPERIMENT (default gdn_vs_attention: 2 models) x SEEDS (default 1,2) x 60 s (sweep.py), with
 #                    its report; SWEEP_ARGS: more overrides (default export.compressors=[lzma]; e.g. export=none)
 #   qwen             frozen_context.py tiers on a 24-layer Qwen3.5-shaped random-init model (context 4096)
@@ -93,6 +96,13 @@ for step in "$@"; do
         | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
       cp /tmp/runs/$run.txt /tmp/runs/$run.results.json $OUT/ 2>/dev/null
       [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py /tmp/runs/$run --out $OUT/quant_gap_$run.json \
+        ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error" ;;
+    reseed:*) wait $build; record=${step#reseed:}; run=$(basename "$record")_seed${SEED:?reseed needs SEED}
+      cmd=$(python3 records.py rerun "$record" --seed $SEED --log-dir /tmp/runs --run-id "$run") || exit 2
+      echo "$cmd"
+      eval "$cmd" 2>&1 | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
+      cp "/tmp/runs/$run.txt" "/tmp/runs/$run.results.json" $OUT/ 2>/dev/null
+      [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py "/tmp/runs/$run" --out "$OUT/quant_gap_$run.json" \
         ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error" ;;
     sweep) wait $build
       python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -527,6 +529,105 @@ def test_write_of_an_oversized_run_reports_the_limit(tmp_path: Path, script: Pat
 
 # ---------------------------------------------------------------------------------------------
 # leaderboard
+
+
+def folder_bytes(record: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(record)): p.read_bytes() for p in sorted(record.rglob("*")) if p.is_file()}
+
+
+def test_add_puts_new_seeds_into_the_record_in_place(tmp_path: Path, script: Path, record: Path, capsys):
+    before = folder_bytes(record)
+    new = [make_run(tmp_path / "more", script, 7, 1.1250, date="2026-11-30"),
+           make_run(tmp_path / "more", script, 8, 1.1220)]
+    code, out, err = cli(capsys, "add", record, "--results", *new, "--command", "torchrun ... train.seed=7")
+    assert (code, err) == (0, ""), err
+    assert out == f"added seeds to {record}\n"
+    assert records.validate_record(record) == []
+    sub = json.loads((record / "submission.json").read_text())
+    assert sub["seeds"] == [1337, 42, 2025, 7, 8]
+    scores = [1.1234, 1.1241, 1.1229, 1.1250, 1.1220]  # pre-quant bpb + make_run's gap 0.011
+    assert sub["val_bpb"] == pytest.approx(np.mean(scores) + 0.011, abs=1e-8)
+    assert sub["val_bpb_std"] == pytest.approx(np.std(scores, ddof=1), abs=1e-8)
+    assert (sub["name"], sub["author"], sub["blurb"], sub["date"]) == (
+        "gdn_hybrid_3seed", "A. Tester", "GDN hybrid, int6 GPTQ", "2026-11-30")  # the day it was complete
+    after = folder_bytes(record)
+    for name in ("train_gpt.py", "config.yaml", "train_seed1337.log", "train_seed42.log", "train_seed2025.log",
+                 "results/seed1337.json", "results/seed42.json", "results/seed2025.json"):
+        assert after[name] == before[name], name  # the held seeds' files are kept byte for byte
+    assert after["train_seed7.log"] == (tmp_path / "more/logs/gdn_s7.txt").read_bytes()
+    assert records.readme_commands(record / "README.md") == ["torchrun --nproc_per_node=1 train_gpt.py",
+                                                             "torchrun ... train.seed=7"]
+    assert "Score (mean over 5 seeds)" in (record / "README.md").read_text()
+    assert not list(record.parent.glob(".*partial"))
+
+
+def other_script(tmp_path: Path, script: Path) -> Path:
+    path = tmp_path / "other" / "train_gpt.py"
+    path.parent.mkdir()
+    path.write_text(SCRIPT_TEXT.replace("training", "trainin'"))
+    return path
+
+
+def other_config() -> dict:
+    changed = json.loads(json.dumps(CONFIG))
+    changed["optim"]["matrix_lr"] = 0.03
+    return changed
+
+
+@pytest.mark.parametrize("make_new, expected", [
+    (lambda tmp, script: make_run(tmp / "n", script, 42, 1.12), "seed 42 already in"),
+    (lambda tmp, script: make_run(tmp / "n", script, 7, 1.12, config=other_config()),
+     "differ in more than the seed (train.seed and run.* may differ): config.optim.matrix_lr"),
+    (lambda tmp, script: make_run(tmp / "n", other_script(tmp, script), 7, 1.12),
+     "is not the script that ran"),
+    (lambda tmp, script: make_run(tmp / "n", script, 7, 1.12, bytes_model=16_000_000), "exceeds"),
+])
+def test_add_refuses_runs_that_cannot_join_and_changes_nothing(tmp_path: Path, script: Path, record: Path,
+                                                               capsys, make_new, expected):
+    before = folder_bytes(record)
+    code, out, err = cli(capsys, "add", record, "--results", make_new(tmp_path, script))
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert folder_bytes(record) == before
+
+
+def test_add_and_rerun_refuse_an_invalid_record(tmp_path: Path, script: Path, record: Path, capsys):
+    edit_submission(record, val_bpb=1.0)
+    for argv in (["add", record, "--results", make_run(tmp_path / "n", script, 7, 1.12)],
+                 ["rerun", record, "--seed", "7"]):
+        code, out, err = cli(capsys, *argv)
+        assert code == 2 and f"{record} is not a valid record (1 problem, first: val_bpb 1.0 disagrees" in err, err
+
+
+def test_rerun_refuses_a_seed_the_record_holds(record: Path, capsys):
+    code, out, err = cli(capsys, "rerun", record, "--seed", "2025")
+    assert code == 2 and "seed 2025 is already in" in err and "[1337, 42, 2025]" in err
+
+
+def test_rerun_runs_the_records_script_and_config_at_a_new_seed(tmp_path: Path, synthetic_data):
+    """A real (tiny, CPU) record; rerun's command, run as printed from the repository root, trains with the record's
+    own train_gpt.py and config at the new seed, and add takes the run: same script, same config but the seed."""
+    from conftest import TINY, run_trainer
+    args = TINY + synthetic_data["overrides"] + ["train.max_steps=6", "train.schedule=steps",
+                                                 "train.max_wallclock_seconds=600", "run.save_model=false"]
+    _, first = run_trainer(args, log_dir=tmp_path / "logs")
+    record = records.write_record("track_local", "tiny", [tmp_path / "logs" / f"{first['run_id']}.results.json"],
+                                  records_dir=tmp_path / "records", script=REPO / "train_gpt.py",
+                                  commands=["python -m torch.distributed.run ... (tests/test_records.py)"])
+    command = records.rerun_command(record, 5, log_dir=str(tmp_path / "logs"), run_id="reseed5")
+    argv = shlex.split(command)
+    assert argv[:3] == ["torchrun", "--standalone", "--nproc_per_node=1"]
+    assert argv[3:] == [str(record / "train_gpt.py"), "--config", str(record / "config.yaml"), "train.seed=5",
+                        f"run.log_dir={tmp_path / 'logs'}", "run.run_id=reseed5"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "logs" / "reseed5.results.json").read_text())
+    assert again["seed"] == 5 and again["code_sha256"] == first["code_sha256"] == records.sha256_of(REPO / "train_gpt.py")
+    assert again["val_bpb"] != first["val_bpb"]  # the seed took effect
+    records.add_seeds(record, [tmp_path / "logs" / "reseed5.results.json"], commands=[command])
+    assert records.validate_record(record) == []
+    assert json.loads((record / "submission.json").read_text())["seeds"] == [first["seed"], 5]
+    assert records.readme_commands(record / "README.md")[-1] == command
 
 
 def test_leaderboard_groups_by_track_and_ranks_by_val_bpb(tmp_path: Path, script: Path):
