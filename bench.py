@@ -89,11 +89,12 @@ def fla_function_core(self, P, state, want_state):
     autograd Function, then FLA's chunk_gated_delta_rule Function, which recomputes the WY factors and the chunk
     states in its backward; autograd concatenates the pieces of P's gradient."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    (H, K, Vh), (conv_state, S0) = (self.H, self.K, self.Vh), state if state is not None else (None, None)
+    (H, HV, K, Vh), (conv_state, S0) = (self.H, self.HV, self.K, self.Vh), state if state is not None else (None, None)
     conv_weight = self.conv_weight()
-    qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
+    qkv, a, b = P.split([2 * H * K + HV * Vh, HV, HV], dim=-1)
     q, k, v = ShortConvFunction.apply(qkv, conv_weight, None if conv_state is None else conv_state.contiguous(),
-                                      (H, K, Vh))
+                                      (H, K, HV * Vh // H))
+    v = v.view(*v.shape[:2], HV, Vh)  # grouped value heads: FLA maps value head i to q, k head i // (HV / H)
     o, S = chunk_gated_delta_rule(q, k, v, a, b, scale=K ** -0.5, initial_state=S0, output_final_state=want_state,
                                   use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=True,
                                   use_gate_in_kernel=True, A_log=self.A_log, dt_bias=self.dt_bias, chunk_size=self.chunk_size)
@@ -154,7 +155,7 @@ def flops_per_token(m: tg.ModelConfig, seq_len: int) -> dict[str, float]:
     C, K, V = m.chunk_size, m.gdn_head_dim, int(m.gdn_head_dim * m.gdn_expand_v)
     gdn_head = 4 * C * K + (2 / 3) * C * C + 2 * C * K + 2 * C * V + 2 * C * V + 6 * K * V
     return dict(matmul=6.0 * matmul, attention=6.0 * seq_len * m.model_dim * m.layout.count("A"),
-                gdn=3.0 * gdn_head * m.gdn_heads * m.layout.count("G"))
+                gdn=3.0 * gdn_head * (m.gdn_v_heads or m.gdn_heads) * m.layout.count("G"))  # per value head
 
 
 KERNEL_CATEGORIES = [  # first match wins; a kernel name is lower-cased before matching

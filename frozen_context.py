@@ -248,10 +248,10 @@ class HybridRunner:
         proj = lambda linear: F.linear(x, linear.weight.float())  # noqa: E731
         qkv = torch.cat([proj(m.q_proj), proj(m.k_proj), proj(m.v_proj)], -1)
         qkv, _ = tg.causal_conv(qkv, m.conv_weight().float(), None)
-        q, k, v = qkv.split([m.H * m.K, m.H * m.K, m.H * m.Vh], dim=-1)
+        q, k, v = qkv.split([m.H * m.K, m.H * m.K, m.HV * m.Vh], dim=-1)
         g = -m.A_log.float().exp() * F.softplus(proj(m.a_proj) + m.dt_bias.float())
-        return GDNInputs(q.view(B, T, m.H, m.K), k.view(B, T, m.H, m.K), v.view(B, T, m.H, m.Vh), g,
-                         proj(m.b_proj).sigmoid(), None if m.g_proj is None else proj(m.g_proj).view(B, T, m.H, m.Vh),
+        return GDNInputs(q.view(B, T, m.H, m.K), k.view(B, T, m.H, m.K), v.view(B, T, m.HV, m.Vh), g,
+                         proj(m.b_proj).sigmoid(), None if m.g_proj is None else proj(m.g_proj).view(B, T, m.HV, m.Vh),
                          m.K ** -0.5)
 
     @staticmethod
@@ -266,14 +266,12 @@ class HybridRunner:
 
 def hybrid_overrides(args) -> list[str]:
     """train_gpt config overrides from the size flags (unset flags keep the gdn_hybrid preset)."""
-    if args.linear_v_heads is not None:
-        raise ValueError("--arch hybrid has one GDN head count (--linear-heads) for keys and values; "
-                         "use --set model.gdn_expand_v=... for wider values")
     if args.head_dim is not None:
         raise ValueError("--arch hybrid derives the attention head dim from --hidden / --heads; drop --head-dim")
     out = [f"model.{key}={value}" for key, value in (
         ("model_dim", args.hidden), ("num_heads", args.heads), ("num_kv_heads", args.kv_heads),
-        ("gdn_heads", args.linear_heads), ("gdn_head_dim", args.linear_head_dim), ("vocab_size", args.vocab))
+        ("gdn_heads", args.linear_heads), ("gdn_v_heads", args.linear_v_heads), ("gdn_head_dim", args.linear_head_dim),
+        ("vocab_size", args.vocab))
         if value is not None]
     if args.layers is not None:
         out.append("model.layout=" + "".join("A" if (i + 1) % args.full_attn_every == 0 else "G"

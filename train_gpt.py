@@ -36,6 +36,7 @@ class ModelConfig:
     gdn_heads: int = 8
     gdn_head_dim: int = 64
     gdn_expand_v: float = 1.0
+    gdn_v_heads: int = 0                # 0: gdn_heads; a multiple of it: value heads, gdn_v_heads / gdn_heads sharing a q and k (GVA, Qwen3.5)
     conv_size: int = 4                  # short conv taps; 1: a per-channel scale before the SiLU; 0: no conv, SiLU only
     gdn_output_gate: bool = True        # False: the GDN output is RMSNorm'd without the silu(g_proj x) gate
     rope_base: float = 10000.0
@@ -175,6 +176,8 @@ def validate_config(cfg: Config) -> Config:
         raise ValueError("config model: model_dim must split into num_heads even-sized heads, and num_heads must be a multiple of num_kv_heads")
     if (m.gdn_head_dim * m.gdn_expand_v) % 1:
         raise ValueError("config model.gdn_expand_v: gdn_head_dim * gdn_expand_v must be an integer")
+    if m.gdn_v_heads % m.gdn_heads:
+        raise ValueError(f"config model.gdn_v_heads: {m.gdn_v_heads} must be 0 (= gdn_heads) or a multiple of model.gdn_heads ({m.gdn_heads})")
     if t.global_batch_tokens % t.seq_len:
         raise ValueError(f"config train.global_batch_tokens ({t.global_batch_tokens}) must be a multiple of train.seq_len ({t.seq_len})")
     if t.schedule == "steps" and t.max_steps <= 0:
@@ -288,8 +291,7 @@ class Logger:
         if cfg.run.wandb_mode != "disabled":
             import wandb
             self.wandb = wandb.init(project=cfg.run.wandb_project, group=cfg.run.wandb_group or None,
-                                    name=cfg.run.run_id, mode=cfg.run.wandb_mode, config=dataclasses.asdict(cfg),
-                                    dir=cfg.run.log_dir)
+                                    name=cfg.run.run_id, mode=cfg.run.wandb_mode, config=dataclasses.asdict(cfg), dir=cfg.run.log_dir)
     def __call__(self, msg: str, console: bool = True) -> None:
         if self.d.master:
             print(msg, flush=True) if console else None
@@ -592,14 +594,15 @@ GDN_OP_ARGS = dict(mutates_args=(), tags=[torch.Tag.flexible_layout])  # inducto
 
 @torch.library.custom_op(GDN_OPS + "::core_fwd", **GDN_OP_ARGS)
 def gdn_core_fwd(P: Tensor, conv_weight: Tensor, A_log: Tensor, dt_bias: Tensor, conv_state: Tensor | None,
-                 S0: Tensor | None, H: int, K: int, V: int, C: int, want_state: bool) -> list[Tensor]:
+                 S0: Tensor | None, H: int, K: int, V: int, HV: int, C: int, want_state: bool) -> list[Tensor]:
     """GDN on CUDA, P = [q|k|v|a|b] -> [o, S (empty unless want_state), then q, k, v, beta, g, A, w, h, v_new kept for the
     backward, which FLA's own Function recomputes]: the Triton short conv, then FLA's chunk kernels (sigmoid(b), gate g
-    inside them). A custom op, so a GDN block compiles as one graph."""
+    inside them). HV value heads (GVA: FLA maps head i to q, k head i // (HV / H)). A custom op: a GDN block is one graph."""
     chunk_delta_h, chunk_o, beta_gate, chunk_fwd, gate, _, _ = fla_kernels()
     conv_state, S0 = [None if t is None else t.contiguous() for t in (conv_state, S0)]
-    x, a, b = P.split([2 * H * K + H * V, H, H], dim=-1)
-    q, k, v = ShortConv.forward(x, conv_weight, conv_state, (H, K, V))
+    x, a, b = P.split([2 * H * K + HV * V, HV, HV], dim=-1)
+    q, k, v = ShortConv.forward(x, conv_weight, conv_state, (H, K, HV * V // H))  # v as H groups of HV/H heads
+    v = v.view(*v.shape[:2], HV, V)
     beta = beta_gate.fused_beta_sigmoid_fwd(b.contiguous())
     g = gate.gdn_gate_chunk_cumsum(a.contiguous(), A_log, C, scale=1.4426950216, dt_bias=dt_bias)  # FLA's 1/ln 2: log2
     w, u, A = chunk_fwd.chunk_gated_delta_rule_fwd_intra(k=k, v=v, g=g, beta=beta, chunk_size=C)
@@ -608,33 +611,33 @@ def gdn_core_fwd(P: Tensor, conv_weight: Tensor, A_log: Tensor, dt_bias: Tensor,
     return [o, S if want_state else P.new_empty(0), q, k, v, beta, g, A, w, h, v_new]
 
 @gdn_core_fwd.register_fake
-def _(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, C, want_state):
+def _(P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, HV, C, want_state):
     (B, T, _), f32, new = P.shape, torch.float32, lambda *shape, dtype=P.dtype: P.new_empty(shape, dtype=dtype)
-    return [new(B, T, H, V), new(B, H, K, V, dtype=f32) if want_state else new(0), new(B, T, H, K), new(B, T, H, K),
-            new(B, T, H, V), new(B, T, H, dtype=f32), new(B, T, H, dtype=f32), new(B, T, H, C), new(B, T, H, K),
-            new(B, -(-T // C), H, K, V), new(B, T, H, V)]
+    return [new(B, T, HV, V), new(B, HV, K, V, dtype=f32) if want_state else new(0), new(B, T, H, K), new(B, T, H, K),
+            new(B, T, HV, V), new(B, T, HV, dtype=f32), new(B, T, HV, dtype=f32), new(B, T, HV, C), new(B, T, HV, K),
+            new(B, -(-T // C), HV, K, V), new(B, T, HV, V)]
 
 @torch.library.custom_op(GDN_OPS + "::core_bwd", **GDN_OP_ARGS)
 def gdn_core_bwd(do: Tensor, dS: Tensor | None, saved: list[Tensor], conv_state: Tensor | None, S0: Tensor | None,
-                 H: int, K: int, V: int, C: int, want_dstate: bool) -> list[Tensor]:
+                 H: int, K: int, V: int, HV: int, C: int, want_dstate: bool) -> list[Tensor]:
     """[dP (written whole: the conv's dx kernel fills its column slice), dconv, dA_log, ddt_bias, dstate, dS0]."""
     P, conv_weight, A_log, dt_bias, q, k, v, beta, g, A, w, h, v_new = saved
     chunk_delta_h, chunk_o, beta_gate, _, gate, wy_fast, cumsum = fla_kernels()
-    scale, Dc, do = K ** -0.5, 2 * H * K + H * V, do.contiguous()
+    scale, Dc, do = K ** -0.5, 2 * H * K + HV * V, do.contiguous()
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dS = dS.contiguous() if dS is not None and dS.numel() else None  # eager: may be expanded; compiled: empty if unused
     dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS, scale=scale, chunk_size=C)
     dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale, chunk_size=C)
     dk2, dv, dbeta, dg2 = wy_fast.prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=dw, du=dv, g=g)
-    da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + H].contiguous(), A_log, dt_bias,
+    da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + HV].contiguous(), A_log, dt_bias,
                                              cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
     dP = torch.empty_like(P)
-    dP[..., Dc:] = torch.cat([da, beta_gate.fused_beta_sigmoid_bwd(P[..., Dc + H:].contiguous(), dbeta)], dim=-1)
-    dconv, dstate = ShortConv.backward(P[..., :Dc], conv_weight, conv_state, (H, K, V), (dq, dk, dv), dP[..., :Dc], want_dstate, dk2)
+    dP[..., Dc:] = torch.cat([da, beta_gate.fused_beta_sigmoid_bwd(P[..., Dc + HV:].contiguous(), dbeta)], dim=-1)
+    dconv, dstate = ShortConv.backward(P[..., :Dc], conv_weight, conv_state, (H, K, HV * V // H), (dq, dk, dv), dP[..., :Dc], want_dstate, dk2)
     return [dP, dconv, dA_log, ddt_bias, P.new_empty(0) if dstate is None else dstate, P.new_empty(0) if dS0 is None else dS0]
 
 @gdn_core_bwd.register_fake
-def _(do, dS, saved, conv_state, S0, H, K, V, C, want_dstate):  # saved starts with P, conv_weight, A_log, dt_bias
+def _(do, dS, saved, conv_state, S0, H, K, V, HV, C, want_dstate):  # saved starts with P, conv_weight, A_log, dt_bias
     return [torch.empty_like(t) for t in saved[:4]] + [torch.empty_like(conv_state) if conv_state is not None and
             want_dstate else do.new_empty(0), do.new_empty(0) if S0 is None else torch.empty_like(S0, dtype=torch.float32)]
 def gdn_core_setup(ctx, inputs, output):
@@ -645,7 +648,7 @@ def gdn_core_setup(ctx, inputs, output):
 def gdn_core_backward(ctx, grads):
     (conv_state, S0, *saved), need = ctx.saved_tensors, ctx.needs_input_grad
     dP, dconv, dA_log, ddt_bias, dstate, dS0 = gdn_core_bwd(*grads[:2], saved, conv_state, S0, *ctx.dims, need[4])
-    return dP, dconv, dA_log, ddt_bias, dstate if need[4] else None, dS0 if need[5] else None, *[None] * 5
+    return dP, dconv, dA_log, ddt_bias, dstate if need[4] else None, dS0 if need[5] else None, *[None] * 6
 
 gdn_core_fwd.register_autograd(gdn_core_backward, setup_context=gdn_core_setup)
 
@@ -654,42 +657,43 @@ class GatedDeltaNet(nn.Module):
     g = -exp(A_log) * softplus(a + dt_bias), output RMSNorm'd (weight folded into o_proj's), gated by silu(g_proj x) if gdn_output_gate."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        D, H, K, W = cfg.model_dim, cfg.gdn_heads, cfg.gdn_head_dim, cfg.conv_size
-        self.H, self.K, self.Vh, self.chunk_size = H, K, int(K * cfg.gdn_expand_v), cfg.chunk_size
+        D, H, HV, K, W = cfg.model_dim, cfg.gdn_heads, cfg.gdn_v_heads or cfg.gdn_heads, cfg.gdn_head_dim, cfg.conv_size
+        self.H, self.HV, self.K, self.Vh, self.chunk_size = H, HV, K, int(K * cfg.gdn_expand_v), cfg.chunk_size
         self.kernel = "torch"  # torch | fla, set by GPT.set_kernel
         self.q_proj, self.k_proj, self.v_proj, self.g_proj, self.a_proj, self.b_proj = (  # g_proj None without the gate
-            nn.Linear(D, n, bias=False) if n else None for n in (H * K, H * K, H * self.Vh, H * self.Vh * cfg.gdn_output_gate, H, H))
+            nn.Linear(D, n, bias=False) if n else None for n in (H * K, H * K, HV * self.Vh, HV * self.Vh * cfg.gdn_output_gate, HV, HV))
         conv = lambda n: nn.Parameter(torch.empty(n, W).uniform_(-W ** -0.5, W ** -0.5)) if W else None
-        self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(H * self.Vh)  # None without the conv
-        self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
-        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+        self.q_conv, self.k_conv, self.v_conv = conv(H * K), conv(H * K), conv(HV * self.Vh)  # None without the conv
+        self.A_log = nn.Parameter(torch.empty(HV).uniform_(1, 16).log())
+        dt = torch.exp(torch.rand(HV) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
-        self.norm_weight, self.o_proj = nn.Parameter(torch.ones(self.Vh)), nn.Linear(H * self.Vh, D, bias=False)
+        self.norm_weight, self.o_proj = nn.Parameter(torch.ones(self.Vh)), nn.Linear(HV * self.Vh, D, bias=False)
         nn.init.zeros_(self.o_proj.weight)
     def forward(self, x, state=None, want_state=False, attn_window=0):
-        (B, T, _), H, Vh = x.shape, self.H, self.Vh
+        (B, T, _), HV, Vh = x.shape, self.HV, self.Vh
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight,
                             self.b_proj.weight])  # the gate has its own GEMM, so P's gradient comes whole from core
-        gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, H, Vh))
+        gate = 1.0 if self.g_proj is None else F.silu(self.g_proj(x).float().view(B, T, HV, Vh))
         o, conv_state, S = self.core(F.linear(x, weight), state, want_state)
         o, scale = rms_norm(o.float(), eps=1e-5) * gate, self.norm_weight.float()  # cast before flatten: one pass (run PE)
         hooked = self.o_proj._forward_pre_hooks or self.o_proj._forward_hooks  # hooks (GPTQ's) see o_proj's real input
         o = self.o_proj((o * scale).to(x.dtype).flatten(2)) if hooked else F.linear(
-            o.to(x.dtype).flatten(2), self.o_proj.weight * scale.repeat(H))  # folded: no pass over tokens for its gradient
+            o.to(x.dtype).flatten(2), self.o_proj.weight * scale.repeat(HV))  # folded: no pass over tokens for its gradient
         return o, ((conv_state, S) if want_state else None)
     def conv_weight(self) -> torch.Tensor:  # [q|k|v channels, W]; W = 0 without the short conv
         convs = (self.q_conv, self.k_conv, self.v_conv)
-        return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.H * self.Vh, 0)
+        return torch.cat(convs) if convs[0] is not None else self.A_log.new_empty(2 * self.H * self.K + self.HV * self.Vh, 0)
     def core(self, P, state, want_state: bool):
         """P = [q|k|v|a|b] -> per-head output and new states: the gdn_core_fwd op, or the same math in torch."""
-        (H, K, Vh), conv_state, S0 = (self.H, self.K, self.Vh), *(state if state is not None else (None, None))
+        (H, HV, K, Vh), conv_state, S0 = (self.H, self.HV, self.K, self.Vh), *(state if state is not None else (None, None))
         conv_weight = self.conv_weight()
         if self.kernel == "fla":
-            o, S = gdn_core_fwd(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, self.chunk_size,
+            o, S = gdn_core_fwd(P, conv_weight, self.A_log, self.dt_bias, conv_state, S0, H, K, Vh, HV, self.chunk_size,
                                 want_state)[:2]  # S is empty unless want_state
-            return o, conv_tail(P[..., :-2 * H], conv_state, conv_weight.shape[1]) if want_state else None, S
-        qkv, a, b = P.split([2 * H * K + H * Vh, H, H], dim=-1)
-        q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, (H, K, Vh))
+            return o, conv_tail(P[..., :-2 * HV], conv_state, conv_weight.shape[1]) if want_state else None, S
+        qkv, a, b = P.split([2 * H * K + HV * Vh, HV, HV], dim=-1)
+        q, k, v, conv_state = short_conv_qkv(qkv, conv_weight, conv_state, (H, K, HV * Vh // H))  # v: H groups of HV/H heads
+        q, k, v = q.repeat_interleave(HV // H, 2), k.repeat_interleave(HV // H, 2), v.reshape(*v.shape[:2], HV, Vh)  # GVA
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         with torch.autocast(P.device.type, enabled=False):
             o, S = gated_delta_rule_torch(q.float(), k.float(), v, g, b.float().sigmoid(), K ** -0.5, S0, self.chunk_size)
@@ -772,13 +776,11 @@ def relu2_mm(a: Tensor, b: Tensor, aux: Tensor | None = None) -> Tensor:
 
 @torch.library.custom_op(GDN_OPS + "::relu2_mlp_fwd", mutates_args=())
 def relu2_mlp_fwd(x: Tensor, fc: Tensor, proj: Tensor) -> list[Tensor]:  # MLP output, and c = relu(x fc^T)^2 to keep
-    c = relu2_mm(x.contiguous(), fc)
-    return [c @ proj.t(), c]
+    return [(c := relu2_mm(x.contiguous(), fc)) @ proj.t(), c]
 
 @torch.library.custom_op(GDN_OPS + "::relu2_mlp_bwd", mutates_args=())
 def relu2_mlp_bwd(dy: Tensor, x: Tensor, fc: Tensor, proj: Tensor, c: Tensor) -> list[Tensor]:
-    dh = relu2_mm(dy.contiguous(), proj, c)
-    return [dh @ fc, dh.t() @ x, dy.t() @ c]
+    return [(dh := relu2_mm(dy.contiguous(), proj, c)) @ fc, dh.t() @ x, dy.t() @ c]
 
 relu2_mlp_fwd.register_fake(lambda x, fc, proj: [x.new_empty(x.shape[0], proj.shape[0]), x.new_empty(x.shape[0], fc.shape[0])])
 relu2_mlp_bwd.register_fake(lambda dy, x, fc, proj, c: [torch.empty_like(x), torch.empty_like(fc), torch.empty_like(proj)])
@@ -925,8 +927,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
     ns = torch.compile(newton_schulz, mode="reduce-overhead") if d.device.type == "cuda" and cfg.compile != "off" else None
     muon = Muon(roles["matrix"], cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, ns)
     adam = torch.optim.AdamW([dict(params=roles["embed"], lr=cfg.embed_lr), dict(params=roles["scalar"], lr=cfg.scalar_lr)],
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=0.0,
-                             fused=d.device.type == "cuda")
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=0.0, fused=d.device.type == "cuda")
     for group in muon.param_groups + adam.param_groups:
         group["base_lr"] = group["lr"]
     return [muon, adam]
@@ -1438,8 +1439,7 @@ def main(argv: list[str]) -> dict:
                    q_val_loss=None, q_val_bpb=None, quant_name=None, bytes_code=len(code.encode()), bytes_model=0,
                    bytes_total=len(code.encode()), eval_time_s=sum(r["eval_time"] for r in evals.values()),
                    log_path=log.path, artifact_path=None, artifact_sha256=None,
-                   code_sha256=hashlib.sha256(code.encode()).hexdigest(), config=dataclasses.asdict(cfg),
-                   data_name=cfg.data.name)
+                   code_sha256=hashlib.sha256(code.encode()).hexdigest(), config=dataclasses.asdict(cfg), data_name=cfg.data.name)
     results["final_line"] = final_line = f"final_bf16_exact val_loss:{score['val_loss']:.8f} val_bpb:{score['val_bpb']:.8f}"
     log(final_line)
     results_path = os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.results.json")

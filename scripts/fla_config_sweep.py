@@ -48,7 +48,7 @@ def layer_inputs(B: int, T: int) -> dict:
     """One GDN layer's forward through the trainer's op, then the backward's intermediates as the trainer makes them
     (and u, which the trainer's forward does not keep, from FLA's recompute_w_u on the forward's A)."""
     chunk_delta_h, chunk_o, _, _, _, _, _ = tg.fla_kernels()
-    _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, C, False)
+    _, _, q, k, v, beta, g, A, w, h, v_new = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, H, C, False)
     do, scale = torch.randn_like(v) * 0.1, K ** -0.5
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dh, _, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=None, dht=None,

@@ -136,7 +136,7 @@ def gpu_main() -> None:
     launches = [(bv, warps, stages) for bv in args.bv for warps in args.warps for stages in args.stages]
     summed = {}
     for B, T in shapes:
-        q, k, v, beta, g, A = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, C, False)[2:8]
+        q, k, v, beta, g, A = tg.gdn_core_fwd(*core_inputs(B, T), None, None, H, K, V, H, C, False)[2:8]
         scale = K ** -0.5
 
         def fla():

@@ -70,7 +70,7 @@ for step in "$@"; do
         python3 bench.py --presets attention --seq-lens $seq --steps 15 --warmup 3 --out $OUT/bench_attention_$seq.json \
           2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)"
       done ;;
-    table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens 2048 4096 8192 --steps 10 --warmup 3 \
+    table) python3 bench.py --presets gdn_hybrid gdn_hybrid_lean gdn_hybrid_lean_gva attention --seq-lens 2048 4096 8192 --steps 10 --warmup 3 \
              --interleave 3 --out $OUT/bench_table.json 2>&1 | grep --line-buffered -E "^(bench|Traceback|[A-Za-z]*Error)" ;;
     energy) for seq in ${SEQ_LENS:-2048 8192}; do
         python3 bench.py --presets gdn_hybrid gdn_hybrid_lean attention --seq-lens $seq --steps 20 --warmup 3 \

@@ -33,10 +33,10 @@ def main() -> None:
     side = torch.cuda.Stream()
     for B, T in SHAPES:
         inputs = core_inputs(B, T)
-        out = tg.gdn_core_fwd(*inputs, None, None, H, K, V, C, False)
+        out = tg.gdn_core_fwd(*inputs, None, None, H, K, V, H, C, False)
         saved, do = [*inputs, *out[2:]], torch.randn_like(out[0]) * 0.1
         pairs = gemm_set(B * T, 512, 2048, inputs[0].shape[-1])
-        gdn = lambda: tg.gdn_core_bwd(do, None, saved, None, None, H, K, V, C, False)  # noqa: E731
+        gdn = lambda: tg.gdn_core_bwd(do, None, saved, None, None, H, K, V, H, C, False)  # noqa: E731
         gemms = lambda: [a.t() @ b for a, b in pairs]  # noqa: E731
 
         def serial():

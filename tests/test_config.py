@@ -100,7 +100,9 @@ def test_resolved_config_file_round_trips(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["export=int6", "export.compressors=[]"], "config export.compressors: empty"),  # crashed after training
     (["export=int6", "train.max_wallclock_seconds=10"], "config train.max_wallclock_seconds: 10.0 leaves no training time"),
-    (["train.max_wallclock_seconds=0"], "config train.max_wallclock_seconds: 0.0 must be > 0")])
+    (["train.max_wallclock_seconds=0"], "config train.max_wallclock_seconds: 0.0 must be > 0"),
+    (["model.gdn_v_heads=12"], "config model.gdn_v_heads: 12 must be 0 (= gdn_heads) or a multiple of model.gdn_heads (8)"),
+    (["model.gdn_v_heads=-8"], "config model.gdn_v_heads: -8 must be >= 0")])
 def test_configs_that_cannot_run_are_rejected_before_training(overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tg.load_config(overrides)

@@ -29,9 +29,11 @@ class Setup:
         self.results = {name: fc.run_tier(self.runner, self.batch, name) for name in fc.TIERS}
 
 
-@pytest.fixture(scope="module", params=["hybrid", "qwen3_5"])
+@pytest.fixture(scope="module", params=["hybrid", "hybrid_gva", "qwen3_5"])
 def setup(request) -> Setup:
-    return Setup(HYBRID_ARGS if request.param == "hybrid" else QWEN_ARGS)
+    """Our hybrid, our hybrid with grouped value heads (TINY's 2 GDN q and k heads serving 4 value heads: --linear-v-heads
+    sets model.gdn_v_heads), and a tiny Qwen3.5 (grouped value heads too)."""
+    return Setup({"hybrid": HYBRID_ARGS, "hybrid_gva": HYBRID_ARGS + ["--linear-v-heads", "4"]}.get(request.param, QWEN_ARGS))
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,42 @@ def test_gdn_module_state_carry_equals_one_pass():
     assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-5)
 
 
+SHARED_QK = ("q_proj", "k_proj", "q_conv", "k_conv")
+
+
+@pytest.mark.parametrize("conv_size,gate", [(4, True), (0, False)])
+def test_grouped_value_heads_equal_a_layer_with_each_q_and_k_head_repeated(conv_size, gate):
+    """model.gdn_v_heads (GVA, as Qwen3.5's linear layers; FLA's kernels map value head i to q, k head i // (HV / H)):
+    2 q and k heads serving 4 value heads equal a 4-head layer whose q and k projections and short-conv taps repeat
+    each head twice: the output, the carried state, and every gradient (a shared row's is its group's sum)."""
+    base = dict(model_dim=32, gdn_head_dim=8, chunk_size=16, conv_size=conv_size, gdn_output_gate=gate)
+    torch.manual_seed(0)
+    gva = tg.GatedDeltaNet(tg.ModelConfig(gdn_heads=2, gdn_v_heads=4, **base))
+    torch.nn.init.normal_(gva.o_proj.weight)
+    wide = tg.GatedDeltaNet(tg.ModelConfig(gdn_heads=4, **base))
+    shared = lambda n: n.split(".")[0] in SHARED_QK  # noqa: E731
+    wide.load_state_dict({n: t.view(2, 8, *t.shape[1:]).repeat_interleave(2, 0).flatten(0, 1) if shared(n) else t
+                          for n, t in gva.state_dict().items()})
+    assert gva.q_proj.weight.shape == (16, 32) and gva.v_proj.weight.shape == gva.o_proj.weight.T.shape == (32, 32)
+    assert gva.A_log.shape == gva.a_proj.weight.shape[:1] == (4,)
+    x = torch.randn(2, 40, 32)
+    y, _ = gva(x)
+    y_wide, _ = wide(x)
+    assert torch.allclose(y, y_wide, atol=1e-5)
+    y.square().sum().backward()
+    y_wide.square().sum().backward()
+    wide_grads = {n: p.grad for n, p in wide.named_parameters()}
+    for name, p in gva.named_parameters():
+        g = wide_grads[name]
+        expected = g.view(2, 2, 8, *g.shape[1:]).sum(1).flatten(0, 1) if shared(name) else g
+        assert (p.grad - expected).abs().max() <= 1e-5 * expected.abs().max(), name  # fp32 sums in another order
+    with torch.no_grad():
+        a, (conv_state, S) = gva(x[:, :13], want_state=True)
+        b, _ = gva(x[:, 13:], state=(conv_state, S))
+    assert S.shape == (2, 4, 8, 8) and conv_state.shape == (2, 2 * 16 + 32, conv_size)
+    assert torch.allclose(torch.cat([a, b], 1), y, atol=1e-5)
+
+
 def test_conv_size_1_has_no_temporal_mixing():
     """model.conv_size=1 (the short-conv ablation): each of q|k|v is SiLU of a per-channel scale of the same position,
     and q, k are still L2-normalised per head."""

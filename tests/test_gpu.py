@@ -66,27 +66,28 @@ def test_short_conv_kernel_matches_torch(T, with_state, W):
         assert rel_err(fused, ref) < 1e-2 if ref.abs().sum() > 0 else fused.abs().sum() == 0, name
 
 
-@pytest.mark.parametrize("with_state,W", [(False, 4), (True, 4), (True, 0)])
-def test_gdn_core_op_passes_opcheck(with_state, W):
+@pytest.mark.parametrize("with_state,W,HV", [(False, 4, 8), (True, 4, 8), (True, 0, 8), (True, 4, 16)])
+def test_gdn_core_op_passes_opcheck(with_state, W, HV):
     """torch.library.opcheck on the forward and backward ops: the fake functions match the real outputs (shapes,
-    dtypes, strides), the autograd registration is sound, and AOT compilation (dynamic shapes) matches eager."""
+    dtypes, strides), the autograd registration is sound, and AOT compilation (dynamic shapes) matches eager. HV = 16:
+    grouped value heads (two per q and k head)."""
     pytest.importorskip("fla")
     torch.manual_seed(3)
     H, K, V, B, T = 8, 64, 64, 2, 200
-    D = 2 * H * K + H * V
-    P = (torch.randn(B, T, D + 2 * H, device="cuda") * 0.5).bfloat16().requires_grad_()
+    D = 2 * H * K + HV * V
+    P = (torch.randn(B, T, D + 2 * HV, device="cuda") * 0.5).bfloat16().requires_grad_()
     conv_weight = (torch.randn(D, W, device="cuda") * 0.5).requires_grad_()
-    A_log, dt_bias = torch.rand(H, device="cuda").requires_grad_(), (torch.rand(H, device="cuda") - 2).requires_grad_()
+    A_log, dt_bias = torch.rand(HV, device="cuda").requires_grad_(), (torch.rand(HV, device="cuda") - 2).requires_grad_()
     conv_state = (torch.randn(B, D, W, device="cuda") * 0.5).bfloat16().requires_grad_() if with_state else None
-    S0 = (torch.randn(B, H, K, V, device="cuda") * 0.1).requires_grad_() if with_state else None
-    args = (P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, 64, with_state)
+    S0 = (torch.randn(B, HV, K, V, device="cuda") * 0.1).requires_grad_() if with_state else None
+    args = (P, conv_weight, A_log, dt_bias, conv_state, S0, H, K, V, HV, 64, with_state)
     torch.library.opcheck(tg.gdn_core_fwd, args)
     with torch.no_grad():
         saved = tg.gdn_core_fwd(*args)[2:]
-    do, dS = torch.randn(B, T, H, V, device="cuda").bfloat16(), torch.randn(B, H, K, V, device="cuda") if with_state else None
+    do, dS = torch.randn(B, T, HV, V, device="cuda").bfloat16(), torch.randn(B, HV, K, V, device="cuda") if with_state else None
     kept = [P.detach(), conv_weight.detach(), A_log.detach(), dt_bias.detach(), *saved]
     torch.library.opcheck(tg.gdn_core_bwd, (do, dS, kept, None if conv_state is None else conv_state.detach(),
-                                            None if S0 is None else S0.detach(), H, K, V, 64, with_state),
+                                            None if S0 is None else S0.detach(), H, K, V, HV, 64, with_state),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -107,10 +108,12 @@ def test_gdn_module_fla_matches_torch(T, kernel):
 
 
 @pytest.mark.parametrize("ablation", [dict(conv_size=1), dict(gdn_output_gate=False), dict(conv_size=0),
-                                      dict(conv_size=0, gdn_output_gate=False)])
+                                      dict(conv_size=0, gdn_output_gate=False), dict(gdn_heads=4, gdn_v_heads=8),
+                                      dict(gdn_heads=4, gdn_v_heads=8, conv_size=0, gdn_output_gate=False)])
 def test_gdn_ablations_fla_matches_torch(ablation):
-    """The GDN ablations (model.conv_size=1 or 0, model.gdn_output_gate=false) on the trainer's FLA path: outputs, every
-    parameter gradient, and the carried state between two halves, against the torch path."""
+    """The GDN ablations (model.conv_size=1 or 0, model.gdn_output_gate=false) and grouped value heads (4 q and k heads,
+    8 value heads) on the trainer's FLA path: outputs, every parameter gradient, and the carried state between two
+    halves, against the torch path."""
     ref, fla = gdn_pair("fla", seed=4, **ablation)
     x = torch.randn(4, 1000, 512, device="cuda")
     y_ref, _ = ref(x)

@@ -1,4 +1,5 @@
 """End-to-end runs of train_gpt.py under torchrun on CPU (gloo)."""
+import json
 import math
 import os
 import re
@@ -89,6 +90,25 @@ def test_smoke_run_learns_above_the_entropy_floor(synthetic_data, tmp_path):
     train_tokens = int(re.search(r" train_tokens:(\d+) ", out)[1])
     assert math.isclose(res["train_epochs"], res["tokens_seen"] / train_tokens) and res["train_epochs"] < 1
     assert f"train_epochs:{res['train_epochs']:.3f}" in out and "WARNING:train_data_repeated" not in out
+
+
+def test_grouped_value_heads_train_evaluate_and_export(synthetic_data, tmp_path):
+    """model.gdn_v_heads end to end on CPU: TINY's 2 GDN q and k heads over 4 value heads train, the stateful eval
+    carries their [B, 4, K, V] states, the gradient split sees them, and the int6 export round-trips exactly."""
+    args = TINY[:-1] + synthetic_data["overrides"] + [
+        "model.gdn_v_heads=4", "export=int6", "export.compressors=[lzma]", "export.calib_seqs=8",
+        "export.keep_float_max_numel=1000", "train.max_steps=10", "train.schedule=steps", "train.max_wallclock_seconds=600",
+        "eval.modes=[plain,stateful]", "train.grad_split_every=5"]
+    out, res = run_trainer(args, log_dir=tmp_path)
+    cfg = tg.config_from_dict(tg.Config, res["config"])
+    model = tg.GPT(cfg.model)
+    mixer = next(b.mixer for b in model.blocks if b.kind == "G")
+    assert (mixer.H, mixer.HV) == (2, 4) and mixer.q_proj.weight.shape[0] * 2 == mixer.v_proj.weight.shape[0]
+    assert res["params"] == sum(p.numel() for p in model.parameters())
+    assert res["roundtrip_state_exact"] and math.isfinite(res["evals"]["stateful"]["val_bpb"])
+    split = [json.loads(line) for line in Path(res["log_path"]).with_suffix(".grad_split.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in split] == [0, 5]
+    assert split[1]["group"]["gdn.a"] > 0 and math.isclose(sum(split[1]["type"].values()), 1.0)  # step 0: o_proj is 0
 
 
 def test_repeated_training_data_is_logged(synthetic_data, tmp_path, capsys):
