@@ -18,15 +18,19 @@ from conftest import ROOT, TINY, run_trainer
 SCRIPT = ROOT / "scripts" / "quant_gap.py"
 
 
+def int6_run(synthetic_data, log_dir: Path, keep_float_max_numel: int, steps: int) -> tuple[dict, Path]:
+    """A short training run with the int6 export: its results and its log prefix (logs/<run_id>)."""
+    args = TINY[:-1] + synthetic_data["overrides"] + [
+        "export=int6", "export.compressors=[lzma]", "export.calib_seqs=8", f"export.keep_float_max_numel={keep_float_max_numel}",
+        f"train.max_steps={steps}", "train.schedule=steps", "train.max_wallclock_seconds=600"]
+    _, res = run_trainer(args, log_dir=log_dir)
+    return res, Path(res["log_path"]).with_suffix("")
+
+
 @pytest.fixture(scope="module")
 def exported_run(synthetic_data, tmp_path_factory):
     """A short training run whose export quantizes every block matrix (keep_float_max_numel below their size)."""
-    log_dir = tmp_path_factory.mktemp("quant_gap_run")
-    args = TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.compressors=[lzma]", "export.calib_seqs=8",
-                                                      "export.keep_float_max_numel=1000", "train.max_steps=30",
-                                                      "train.schedule=steps", "train.max_wallclock_seconds=600"]
-    _, res = run_trainer(args, log_dir=log_dir)
-    return res, Path(res["log_path"]).with_suffix("")
+    return int6_run(synthetic_data, tmp_path_factory.mktemp("quant_gap_run"), 1000, 30)
 
 
 def run_script(*args, timeout=600) -> subprocess.CompletedProcess:
@@ -134,12 +138,7 @@ def test_try_rebuilds_the_run_and_prices_other_group_bits(exported_run, tmp_path
 def partly_float_run(synthetic_data, tmp_path_factory):
     """A run whose export keeps the 64 x 64 mixer matrices in fp16 (keep_float_max_numel above their size), as a real
     run keeps a_proj and b_proj; the MLP and the embedding are quantized."""
-    log_dir = tmp_path_factory.mktemp("quant_gap_partly_float")
-    args = TINY[:-1] + synthetic_data["overrides"] + ["export=int6", "export.compressors=[lzma]", "export.calib_seqs=8",
-                                                      "export.keep_float_max_numel=5000", "train.max_steps=20",
-                                                      "train.schedule=steps", "train.max_wallclock_seconds=600"]
-    _, res = run_trainer(args, log_dir=log_dir)
-    return res, Path(res["log_path"]).with_suffix("")
+    return int6_run(synthetic_data, tmp_path_factory.mktemp("quant_gap_partly_float"), 5000, 20)
 
 
 def test_try_variants_stay_exact_and_independent_when_one_quantizes_more(partly_float_run, tmp_path):
