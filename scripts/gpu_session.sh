@@ -52,6 +52,12 @@ shards() {
 }
 shards &
 build=$!
+train_lines() { grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"; }
+after_run() {  # a record run's log and results into $OUT, then its quantization gap split (QUANT_GAP=0: none)
+  cp "/tmp/runs/$1.txt" "/tmp/runs/$1.results.json" $OUT/ 2>/dev/null
+  [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py "/tmp/runs/$1" --out "$OUT/quant_gap_$1.json" \
+    ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error"
+}
 for step in "$@"; do
   case $step in
     tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -x tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} \
@@ -93,17 +99,13 @@ for step in "$@"; do
       torchrun --standalone --nproc_per_node=1 train_gpt.py model=$m data=$DATA budget=1gpu_2min \
         train.max_wallclock_seconds=$SECONDS_PER_RUN "eval.modes=[${EVAL_MODES:-plain,sliding,stateful}]" eval.stride=64 \
         "export.compressors=[${COMPRESSORS:-lzma}]" train.seed=${SEED:-1337} run.log_dir=/tmp/runs run.run_id=$run 2>&1 \
-        | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
-      cp /tmp/runs/$run.txt /tmp/runs/$run.results.json $OUT/ 2>/dev/null
-      [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py /tmp/runs/$run --out $OUT/quant_gap_$run.json \
-        ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error" ;;
+        | train_lines
+      after_run "$run" ;;
     reseed:*) wait $build; record=${step#reseed:}; run=$(basename "$record")_seed${SEED:?reseed needs SEED}
       cmd=$(python3 records.py rerun "$record" --seed $SEED --log-dir /tmp/runs --run-id "$run") || exit 2
       echo "$cmd"
-      eval "$cmd" 2>&1 | grep --line-buffered -E "^(model|warmup|step|train_time|export|eval|bpb|final|bytes|quant|stopping)|Error|error"
-      cp "/tmp/runs/$run.txt" "/tmp/runs/$run.results.json" $OUT/ 2>/dev/null
-      [ "${QUANT_GAP:-1}" = 0 ] || python3 scripts/quant_gap.py "/tmp/runs/$run" --out "$OUT/quant_gap_$run.json" \
-        ${QUANT_GAP_TRY:+--try $QUANT_GAP_TRY} 2>&1 | grep --line-buffered -E "^quant_gap|Error" ;;
+      eval "$cmd" 2>&1 | train_lines
+      after_run "$run" ;;
     sweep) wait $build
       python3 sweep.py -m experiment=${EXPERIMENT:-gdn_vs_attention} data=$DATA train.seed=${SEEDS:-1,2} ${SWEEP_ARGS:-export.compressors=[lzma]} \
         launch.sweep_dir=/tmp/sweep 2>&1 | grep --line-buffered -E "sweep_job|Error|error"

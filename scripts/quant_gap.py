@@ -29,7 +29,6 @@ against the run's, then the artifact's exact bytes (built as the trainer builds 
 --compressors), and the total with the code against the 16,000,000-byte limit.
 """
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -88,7 +87,7 @@ def main() -> None:
     cfg = tg.load_config(["--config", str(config_path)])
     results_path = prefix.with_name(prefix.name + ".results.json")
     ran = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    variants = [(v, variant_config(cfg, v, args.compressors)) for v in args.variants]  # bad input fails before any eval
+    variants = [(v, variant_config(config_path, cfg, v, args.compressors)) for v in args.variants]  # bad input fails before any eval
     if variants and not {"tokens_seen", "world_size", "bytes_code"} <= ran.keys():
         raise FileNotFoundError(f"{results_path}: --try needs the run's results (tokens_seen, world_size, bytes_code)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -154,11 +153,12 @@ def main() -> None:
         model.load_state_dict(trained)
         # The run's own Hessians with the trainer's hooks: a hooked o_proj runs its norm unfolded (another rounding), so
         # the matrices only a variant quantizes get a pass of their own.
-        own = [n for n, spec in tg.quant_plan(model, cfg.export).items() if spec]
+        run_plan = tg.quant_plan(model, cfg.export)
+        own = [n for n, spec in run_plan.items() if spec]
         more = sorted({n for _, x in variants for n, spec in tg.quant_plan(model, x).items() if spec} - set(own))
         hessians = run_hessians(cfg, model, ran, own, d) | (run_hessians(cfg, model, ran, more, d) if more else {})
-        tries = try_exports(variants, cfg, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
-                               ran["bytes_code"], artifact_path.stat().st_size)
+        tries = try_exports(variants, run_plan, model, trained, decoded, hessians, score_state, base["val_bpb"], whole,
+                            ran["bytes_code"], artifact_path.stat().st_size)
     if args.out:
         def timeless(table: list[dict]) -> list[dict]:
             return [{k: v for k, v in r.items() if k != "eval_time"} for r in table]
@@ -170,23 +170,21 @@ TRY_KEYS = ("matrix_bits", "embed_bits", "matrix_clip_k", "embed_clip_k", "keep_
             "gptq_damp", "act_order")  # what a re-export may change; calibration keys would need other Hessians
 
 
-def variant_config(cfg, variant: str, compressors: list[str] | None) -> tg.ExportConfig:
+def variant_config(config_path: Path, cfg, variant: str, compressors: list[str] | None) -> tg.ExportConfig:
     """The run's export config with `variant`'s entries: group:bits replacing or joining its export.group_bits, and
-    key=value for the keys in TRY_KEYS (checked as the trainer checks them)."""
-    from omegaconf import OmegaConf
+    key=value for the keys in TRY_KEYS; applied as overrides to the run's config file, so the trainer parses and checks
+    them (a wrong type, range, group or compressor gets its own error)."""
     entries = variant.split(",")
     added = {item.partition(":")[0]: item for item in entries if "=" not in item}
-    values = dataclasses.asdict(cfg.export) | {"enabled": True, "compressors": compressors or cfg.export.compressors}
+    overrides = ["export.enabled=true"] + ([f"export.compressors=[{','.join(compressors)}]"] if compressors else [])
     for item in (e for e in entries if "=" in e):
-        key, value = item.split("=", 1)
-        if key.removeprefix("export.") not in TRY_KEYS:
-            raise ValueError(f"--try {variant!r}: {key!r} is not an export key a re-export can change "
+        key = item.split("=", 1)[0].removeprefix("export.")
+        if key not in TRY_KEYS:
+            raise ValueError(f"--try {variant!r}: {item.split('=', 1)[0]!r} is not an export key a re-export can change "
                              f"({', '.join(TRY_KEYS)}, or group:bits)")
-        values[key.removeprefix("export.")] = OmegaConf.from_dotlist([f"v={value}"]).v  # parsed as Hydra would
-    values["group_bits"] = [item for item in cfg.export.group_bits if str(item).partition(":")[0] not in added] + list(added.values())
-    xcfg = tg.config_from_dict(tg.ExportConfig, values, "export.")  # a wrong type or range: the trainer's own error
-    tg.validate_config(dataclasses.replace(cfg, export=xcfg))  # a bad group, bits or compressor: likewise
-    return xcfg
+        overrides.append("export." + item.removeprefix("export."))
+    group_bits = [item for item in cfg.export.group_bits if str(item).partition(":")[0] not in added] + list(added.values())
+    return tg.load_config(["--config", str(config_path), *overrides, f"export.group_bits=[{','.join(group_bits)}]"]).export
 
 
 def run_hessians(cfg, model, ran: dict, names: list[str], d) -> dict:
@@ -202,12 +200,12 @@ def run_hessians(cfg, model, ran: dict, names: list[str], d) -> dict:
     return tg.collect_hessians(model, [t for s in samples for t in s.split(cfg.train.micro_batch_seqs)], names, d)
 
 
-def try_exports(variants, cfg, model, trained, decoded, hessians, score_state, float_bpb: float, whole: float,
-                   bytes_code: int, run_bytes: int) -> list[dict]:
+def try_exports(variants, run_plan: dict, model, trained, decoded, hessians, score_state, float_bpb: float, whole: float,
+                bytes_code: int, run_bytes: int) -> list[dict]:
     """Each variant re-quantized with the run's Hessians and scored (a line each); then all its artifacts built side by
     side (brotli and lzma release the GIL) and their bytes printed."""
     from concurrent.futures import ThreadPoolExecutor
-    run_plan, tries, exports = tg.quant_plan(model, cfg.export), [], []
+    tries, exports = [], []
     for text, xcfg in variants:
         model.load_state_dict(trained)
         plan, quantized = tg.quant_plan(model, xcfg), tg.quantize_model(model, hessians, xcfg)
