@@ -225,8 +225,7 @@ def load_config(argv: list[str]) -> Config:
             raise FileNotFoundError(f"no conf/ directory beside {__file__}; pass --config resolved.yaml")
         for item in overrides:
             key = item.split("=", 1)[0].lstrip("+~")
-            if "." in key:
-                check_override_key(key)
+            if "." in key: check_override_key(key)
         from hydra import compose, initialize_config_dir
         from hydra.core.config_store import ConfigStore
         ConfigStore.instance().store(name="schema", node=Config)
@@ -268,8 +267,7 @@ def init_distributed() -> Dist:
     return Dist(rank, world, local_rank, device)
 
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=op)
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=op)
     return t
 def synchronize(d: Dist) -> None:
     torch.cuda.synchronize(d.device) if d.device.type == "cuda" else None
@@ -305,10 +303,8 @@ class Logger:
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.d.master:
-            self.file.close()
+        if self.wandb is not None: self.wandb.finish()
+        if self.d.master: self.file.close()
 
 def package_versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
@@ -452,10 +448,10 @@ if triton is not None:
     @triton.jit
     def short_conv_kernel(x, w, s0, q, k, v, k2, du, T, sxb, sxt, sdb, sdt, H: tl.constexpr, K: tl.constexpr,
                           V: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, HAS_STATE: tl.constexpr,
-                          BACKWARD: tl.constexpr, HAS_K2: tl.constexpr):
+                          BACKWARD: tl.constexpr, HAS_K2: tl.constexpr, G: tl.constexpr):
         """Forward: conv + SiLU (+ L2 norm for q and k) into q, k, v. BACKWARD: q, k, v hold their gradients (k's in
-        two parts k + k2 with HAS_K2), and the gradient at the pre-activation u (recomputed from x) goes to du (strides
-        sdb, sdt); W = 0: no conv, u = x."""
+        two parts k + k2 with HAS_K2; q's and k's per value head, G a head, summed here), and the gradient at the
+        pre-activation u (recomputed from x) goes to du (strides sdb, sdt); W = 0: no conv, u = x."""
         i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
         D, rows, c = 2 * H * K + H * V, i_t * BT + tl.arange(0, BT), i_d * K + tl.arange(0, K)
         u = _conv_input(x, s0, i_b, rows, c, T, sxb, sxt, D, 1, False) if W == 0 else tl.zeros((BT, K), tl.float32)
@@ -468,13 +464,15 @@ if triton is not None:
         pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
         oq, ov = rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
         if BACKWARD:  # (loads and stores stay in per-tensor branches: a pointer chosen by branch made it slower)
-            if i_d < H:
-                g = tl.load(pq + oq, mask=m, other=0.0).to(tl.float32)
-            elif i_d < 2 * H:
-                g = tl.load(pk + oq, mask=m, other=0.0).to(tl.float32)
-                if HAS_K2:
-                    g += tl.load(k2 + (i_b * T * (H * K) - H * K) + oq, mask=m, other=0.0).to(tl.float32)
-            else:
+            g, bg, og = tl.zeros((BT, K), tl.float32), i_b * T * (H * G * K), rows[:, None] * (H * G * K) + (i_d % H) * (G * K) + c[None, :] % K
+            for j in tl.static_range(G):  # GVA: head i_d % H's gradient from each of its G value heads
+                if i_d < H:
+                    g += tl.load(q + bg + og + j * K, mask=m, other=0.0).to(tl.float32)
+                elif i_d < 2 * H:
+                    g += tl.load(k + bg + og + j * K, mask=m, other=0.0).to(tl.float32)
+                    if HAS_K2:
+                        g += tl.load(k2 + bg + og + j * K, mask=m, other=0.0).to(tl.float32)
+            if i_d >= 2 * H:
                 g = tl.load(pv + ov, mask=m, other=0.0).to(tl.float32)
             if i_d < 2 * H:  # through the L2 norm: (g - n (n . g)) / |y| with n = y / |y|
                 rstd = tl.rsqrt(tl.sum(y * y, 1) + 1e-6)[:, None]
@@ -525,7 +523,7 @@ class ShortConv:
         short_conv_kernel[(triton.cdiv(D, K), triton.cdiv(T, rows), B)](
             x, weight if W else x, x if state is None else state, *qkv, x if k2 is None else k2, x if du is None else du,
             T, x.stride(0), x.stride(1), *(x if du is None else du).stride()[:2], H=H, K=K, V=V, W=W,
-            BT=rows, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None, num_warps=warps)
+            BT=rows, HAS_STATE=state is not None, BACKWARD=du is not None, HAS_K2=k2 is not None, G=qkv[0].shape[2] // H, num_warps=warps)
     @staticmethod
     def forward(x, weight, state, dims):
         """x [B, T, q|k|v] (rows may be strided), weight [q|k|v, W], state None or [B, q|k|v, W] -> q, k, v."""
@@ -557,8 +555,7 @@ def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, c
     S_{t-1} + beta_t k_t v_t^T, o_t = scale * S_t^T q_t. q, k [B, T, H, K] (L2-normalised), v [B, T, HV, V], g (log
     decay) and beta [B, T, HV], state [B, HV, K, V]. Returns o [B, T, HV, V] and the final state."""
     (B, T, H, K), (HV, V) = q.shape, v.shape[2:]
-    if HV != H:
-        q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
+    if HV != H: q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
     C, pad, N = chunk_size, (-T) % chunk_size, -(-T // chunk_size)
     def chunks(x):  # [B, T, HV, ...] -> [B, HV, N, C, ...]; zero padding is inert (beta = 0, g = 0)
         x = x.float().transpose(1, 2)
@@ -588,6 +585,21 @@ def gated_delta_rule_torch(q, k, v, g, beta, scale: float, initial_state=None, c
 def fla_kernels():  # FLA's kernel modules: chunk_delta_h, chunk_o, gate, chunk_fwd, gdn gate, wy_fast, cumsum
     return [importlib.import_module("fla.ops." + m) for m in ("common.chunk_delta_h", "common.chunk_o", "common.gate",
             "gated_delta_rule.chunk_fwd", "gated_delta_rule.gate", "gated_delta_rule.wy_fast", "utils.cumsum")]
+
+def fla_grouped_bwd(chunk_o, wy_fast, q, k, v, v_new, beta, g, A, w, h, do, dh, dv, scale: float, C: int):
+    """GVA: FLA's chunk_bwd_dqkwg and prepare_wy_repr_bwd kernels launched as their wrappers do, less the wrappers' ATen
+    sums of dq and dk over each group of value heads (2.7 ms a step at 2048 on an H100): the conv's backward sums them."""
+    (B, T, H, K), HV, V, NT, smem = k.shape, v.shape[2], v.shape[3], -(-k.shape[1] // C), chunk_o.check_shared_mem
+    most = 128 if smem("hopper", k.device.index) else 64 if smem("ada", k.device.index) else 32  # FLA's tiles: dqkwg, WY
+    (BK, BV), (wK, wV) = ([min(max(triton.next_power_of_2(n), 16), cap) for n in (K, V)] for cap in (most, 64 if smem() else 32))
+    dq, dk, dk2, dw, dv2, dbeta, dg2 = *(k.new_empty(B, T, HV, K) for _ in range(3)), *map(torch.empty_like, (w, v, beta, g))
+    dg = g.new_empty(-(-K // BK), *g.shape)
+    chunk_o.chunk_bwd_kernel_dqkwg[(dg.shape[0] * NT, B * HV)](q=q, k=k, v=v_new, g=g, g_gamma=None, h=h, do=do, dh=dh, dq=dq,
+        dk=dk, dw=dw, dv=dv, dg=dg, cu_seqlens=None, chunk_indices=None, scale=scale, B=B, T=T, H=H, HV=HV, K=K, V=V, BT=C, BK=BK,
+        BV=BV, STATE_V_FIRST=False)
+    wy_fast.prepare_wy_repr_bwd_kernel[(NT, B * HV)](k=k, v=v, beta=beta, g=g, A=A, dw=dw, du=dv, dk=dk2, dv=dv2, db=dbeta,
+        dg=dg2, cu_seqlens=None, chunk_indices=None, T=T, H=H, HV=HV, K=K, V=V, BT=C, BK=wK, BV=wV)
+    return dq, dk, dw, dg.sum(0), dk2, dv2, dbeta, dg2
 
 GDN_OPS, Tensor = "gdn_" + __name__.replace(".", "_"), torch.Tensor  # op namespace per import name (bench.py too)
 GDN_OP_ARGS = dict(mutates_args=(), tags=[torch.Tag.flexible_layout])  # inductor may pass P row-padded: no 300 MB copy
@@ -627,8 +639,11 @@ def gdn_core_bwd(do: Tensor, dS: Tensor | None, saved: list[Tensor], conv_state:
     dv = chunk_o.chunk_bwd_dv_local(q=q, k=k, do=do, g=g, scale=scale, chunk_size=C)
     dS = dS.contiguous() if dS is not None and dS.numel() else None  # eager: may be expanded; compiled: empty if unused
     dh, dS0, dv = chunk_delta_h.chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=w, do=do, dv=dv, g=g, h0=S0, dht=dS, scale=scale, chunk_size=C)
-    dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale, chunk_size=C)
-    dk2, dv, dbeta, dg2 = wy_fast.prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=dw, du=dv, g=g)
+    if HV == H:
+        dq, dk, dw, dg = chunk_o.chunk_bwd_dqkwg(q=q, k=k, v=v_new, w=w, g=g, h=h, dv=dv, do=do, dh=dh, scale=scale, chunk_size=C)
+        dk2, dv, dbeta, dg2 = wy_fast.prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=dw, du=dv, g=g)
+    else:
+        dq, dk, dw, dg, dk2, dv, dbeta, dg2 = fla_grouped_bwd(chunk_o, wy_fast, q, k, v, v_new, beta, g, A, w, h, do, dh, dv, scale, C)
     da, dA_log, ddt_bias = gate.gdn_gate_bwd(P[..., Dc:Dc + HV].contiguous(), A_log, dt_bias,
                                              cumsum.chunk_local_cumsum(dg.add_(dg2), C, reverse=True))
     dP = torch.empty_like(P)
@@ -833,8 +848,7 @@ class GPT(nn.Module):
     def compile_regions(self) -> None:
         """Each block and the head compiled alone (train.compile=regions): compile time does not grow with depth (blocks
         of one kind share code); the step is ~4% slower than one whole graph."""
-        for block in self.blocks:
-            block.compile()
+        for block in self.blocks: block.compile()
         self.head.compile()
     def set_kernel(self, kernel: str) -> None:
         for block in self.blocks:
@@ -847,8 +861,7 @@ class GPT(nn.Module):
             skip = (skips.pop(), self.skip_weights[i - self.num_skips]) if 0 <= i - self.num_skips < self.num_skips else None
             x, block_state = block(x, None if state is None else state[i], want_state, attn_window, i == 0, skip)
             new_states.append(block_state)
-            if i < self.num_skips:
-                skips.append(x)
+            if i < self.num_skips: skips.append(x)
         out = self.head(x, self.embed.weight, targets, reduction)
         return (out, new_states) if want_state else out
 
@@ -860,9 +873,12 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
         raise ValueError(f"config model.kernel={kernel} needs a CUDA device; use model.kernel=torch (or auto) on CPU")
     try:
         import fla.ops.gated_delta_rule  # noqa: F401
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
     except Exception as exc:
         raise RuntimeError(f"model.kernel={kernel} on CUDA needs flash-linear-attention (import failed: {exc}); "
                            "install it or set model.kernel=torch") from exc
+    if IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:  # FLA's wrappers refuse it; fla_grouped_bwd skips them
+        raise RuntimeError(f"model.kernel={kernel}: Triton {triton.__version__} on Hopper gets FLA's gate gradients wrong (FLA #640): use >= 3.7.1")
     return "fla"
 
 # ----------------------------------------------------------------------------------------------------
@@ -911,15 +927,13 @@ class Muon(torch.optim.Optimizer):
             for i, p in enumerate(params if self.d.world > 1 else []):
                 updates.setdefault(p, torch.empty_like(p))
                 handles.append(dist.broadcast(updates[p], src=i % self.d.world, async_op=True))
-            for handle in handles:
-                handle.wait()
+            for handle in handles: handle.wait()
             torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             torch._foreach_add_(params, [updates[p] for p in params], alpha=-group["lr"])
 
 def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.Optimizer]:
     roles = {"matrix": [], "embed": [], "scalar": []}
-    for name, p in model.named_parameters():
-        roles[param_role(name)].append(p)
+    for name, p in model.named_parameters(): roles[param_role(name)].append(p)
     assigned = [id(p) for ps in roles.values() for p in ps]
     if len(assigned) != len(set(assigned)) or set(assigned) != {id(p) for p in model.parameters()}:
         raise AssertionError("optimizer groups must cover every parameter exactly once")
@@ -928,8 +942,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig, d: Dist) -> list[torch.optim.
     muon = Muon(roles["matrix"], cfg.matrix_lr, cfg.muon_momentum, cfg.muon_weight_decay, cfg.muon_ns_steps, d, ns)
     adam = torch.optim.AdamW([dict(params=roles["embed"], lr=cfg.embed_lr), dict(params=roles["scalar"], lr=cfg.scalar_lr)],
                              betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=0.0, fused=d.device.type == "cuda")
-    for group in muon.param_groups + adam.param_groups:
-        group["base_lr"] = group["lr"]
+    for group in muon.param_groups + adam.param_groups: group["base_lr"] = group["lr"]
     return [muon, adam]
 
 # ----------------------------------------------------------------------------------------------------
@@ -976,8 +989,7 @@ def build_byte_tables(tokenizer_path: str, vocab_size: int, device) -> tuple[tor
         raise ValueError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces; model.vocab_size={vocab_size} must equal it")
     base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
     for i in range(sp.vocab_size()):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            continue
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i): continue
         boundary[i], piece = False, sp.id_to_piece(i)
         space[i] = not sp.is_byte(i) and piece.startswith("\u2581")
         base[i] = 1 if sp.is_byte(i) else len(piece[1:].encode() if space[i] else piece.encode())  # <0xNN>: one byte
@@ -1041,8 +1053,7 @@ def eval_stateful(model, tokens, tables, seq_len: int, kv_window: int, rows: int
         for r in range(rows):
             if slots[r] is None or slots[r][0] >= slots[r][1]:
                 slots[r], keep[r] = None if (doc := next(queue, None)) is None else list(doc), False
-        if all(s is None for s in slots):
-            break
+        if all(s is None for s in slots): break
         lengths = torch.tensor([0 if s is None else min(seq_len, s[1] - s[0]) for s in slots], device=d.device)
         starts_now = torch.tensor([0 if s is None else s[0] for s in slots], device=d.device)
         index = (starts_now[:, None] + positions[None]).clamp(max=n - 1)
@@ -1109,13 +1120,10 @@ def collect_hessians(model: GPT, batches, names, d: Dist) -> dict[str, torch.Ten
     try:
         with torch.compiler.set_stance("force_eager"):  # hooks with side effects: run the compiled regions eagerly
             for x in batches:
-                with autocast(d):
-                    model(x)
+                with autocast(d): model(x)
     finally:
-        for h in handles:
-            h.remove()
-    for n in sorted(hessians):
-        all_reduce(hessians[n])
+        for h in handles: h.remove()
+    for n in sorted(hessians): all_reduce(hessians[n])
     return hessians
 
 def sdclip_scale(W: torch.Tensor, bits: int, clip_k: float) -> torch.Tensor:
@@ -1136,8 +1144,7 @@ def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_k: float, bl
     for attempt in range(4):  # an ill-conditioned H gets 10x more damping per retry
         L, info = torch.linalg.cholesky_ex(H + damp * 10 ** attempt * torch.diag(H).mean() * eye)
         Hinv, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-        if info.item() == 0 and info2.item() == 0:
-            break
+        if info.item() == 0 and info2.item() == 0: break
     else:
         raise RuntimeError("GPTQ: the Hessian stays singular even with 1000x damping")
     Hinv, Q = Hinv.float(), torch.zeros_like(W, dtype=torch.int8)
@@ -1312,19 +1319,16 @@ class Trainer:
                 self.loader.position, None if self.ema is None else [e.clone() for e in self.ema], self.step)
     def restore(self, snap) -> None:
         self.model.load_state_dict(snap[0])  # snap: model, optimizers, loader position, EMA, step
-        for opt, state in zip(self.optimizers, snap[1]):
-            opt.load_state_dict(state)
+        for opt, state in zip(self.optimizers, snap[1]): opt.load_state_dict(state)
         self.loader.position, self.ema, self.step = snap[2:]
     @torch.no_grad()
     def apply_ema(self) -> None:
-        if self.ema is not None:
-            torch._foreach_copy_(self.params, self.ema)
+        if self.ema is not None: torch._foreach_copy_(self.params, self.ema)
 
 def main(argv: list[str]) -> dict:
     cfg, d = load_config(argv), init_distributed()
     box = [cfg.run.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]]  # an empty id: made on rank 0
-    if d.world > 1:
-        dist.broadcast_object_list(box, src=0)
+    if d.world > 1: dist.broadcast_object_list(box, src=0)
     cfg.run.run_id = box[0]
     if cfg.export.enabled and cfg.export.calib_seqs < d.world:  # a rank without rows would skip the Hessian reductions
         raise ValueError(f"config export.calib_seqs: {cfg.export.calib_seqs} must be >= the world size {d.world}")
@@ -1347,8 +1351,7 @@ def main(argv: list[str]) -> dict:
 
     if tcfg.warmup_steps > 0:  # compile and autotune on real steps, then restore weights, optimizer state, data position
         snap, t0 = trainer.snapshot(), time.perf_counter()
-        for _ in range(tcfg.warmup_steps):
-            trainer.train_step(1.0, tcfg.muon_momentum_start, False)
+        for _ in range(tcfg.warmup_steps): trainer.train_step(1.0, tcfg.muon_momentum_start, False)
         synchronize(d)
         trainer.restore(snap)
         log(f"warmup_steps:{tcfg.warmup_steps} warmup_time:{time.perf_counter() - t0:.1f}s (rolled back)")
@@ -1443,13 +1446,11 @@ def main(argv: list[str]) -> dict:
     results["final_line"] = final_line = f"final_bf16_exact val_loss:{score['val_loss']:.8f} val_bpb:{score['val_bpb']:.8f}"
     log(final_line)
     results_path = os.path.join(cfg.run.log_dir, f"{cfg.run.run_id}.results.json")
-    if d.master:
-        write_json(results_path, results)
+    if d.master: write_json(results_path, results)
     if xcfg.enabled:
         results.update(export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, val_tokens, tables, cfg, d, log))
         results["eval_time_s"] += results["export_times"]["roundtrip_eval"]
-        if d.master:
-            write_json(results_path, results)
+        if d.master: write_json(results_path, results)
     log.summary(results)
     log.close()
     if d.world > 1:
@@ -1474,8 +1475,7 @@ def export_and_roundtrip(model, hessians, quant_names, calib_len, code, score, v
         Path(path + ".tmp").write_bytes(blob)
         os.replace(path + ".tmp", path)
         log("export_candidates " + " ".join(f"{k}:{v}" for k, v in sorted(sizes.items(), key=lambda kv: kv[1])))
-    if d.world > 1:
-        dist.barrier()
+    if d.world > 1: dist.barrier()
     times["compress"], t = time.perf_counter() - t, time.perf_counter()
     blob, fresh = Path(path).read_bytes(), GPT(cfg.model)
     fresh.load_state_dict(load_artifact(blob), strict=True)

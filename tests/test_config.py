@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import train_gpt as tg
@@ -119,3 +120,19 @@ def test_errors_in_a_config_file_name_the_file(tmp_path):
     OmegaConf.save(OmegaConf.create(tg.dataclasses.asdict(tg.Config())), path)
     with pytest.raises(ValueError, match=f"^{re.escape(str(path))} \\+ overrides: config model.kernel"):
         tg.load_config(["--config", str(path), "model.kernel=cuda"])
+
+
+def test_fla_kernel_on_hopper_refuses_a_triton_that_gets_fla_gate_gradients_wrong(monkeypatch):
+    """FLA's own backward wrappers refuse Triton 3.4-3.7.0 on Hopper (wrong gate gradients, FLA #640); the GVA backward
+    launches FLA's kernels without those wrappers, so the trainer checks it itself, before any step."""
+    fla_utils = pytest.importorskip("fla.utils")
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", True)
+    assert tg.resolve_kernel("fla", cuda) == "fla"
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", False)
+    with pytest.raises(RuntimeError, match=r"model.kernel=auto: Triton .* on Hopper .* \(FLA #640\): use >= 3\.7\.1"):
+        tg.resolve_kernel("auto", cuda)
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", False)  # other GPUs: FLA does not refuse them
+    assert tg.resolve_kernel("fla", cuda) == "fla"

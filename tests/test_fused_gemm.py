@@ -75,6 +75,8 @@ for W in (4, 0):
     tg.ShortConv.forward(P, torch.randn(3 * H * K, W, dtype=bf16), None, (H, K, K))
     grads = [torch.randn(4, 256, H, K, dtype=bf16) for _ in range(3)]
     tg.ShortConv.backward(P, torch.randn(3 * H * K, W, dtype=bf16), None, (H, K, K), grads, torch.empty_like(P), False, grads[1])
+    P = torch.randn(4, 256, 2 * H * K, dtype=bf16)  # GVA: H / 2 q and k heads over H value heads, whose dq, dk the kernel sums
+    tg.ShortConv.backward(P, torch.randn(2 * H * K, W, dtype=bf16), None, (H // 2, K, 2 * K), grads, torch.empty_like(P), False, grads[1])
 ptxas = nvidia.get_ptxas(90).path
 report = []
 for fn, args, kwargs in launched:
@@ -115,6 +117,7 @@ def test_every_triton_kernel_compiles_for_an_h100():
     kernels = {(r["kernel"], r["constexprs"].get("BACKWARD")) for r in report}
     assert kernels == {("relu2_mm_kernel", False), ("relu2_mm_kernel", True), ("short_conv_kernel", False),
                        ("short_conv_kernel", True), ("short_conv_dx_kernel", None)}, (triton.__version__, kernels)
+    assert sorted(r["constexprs"].get("G") for r in report if r["kernel"] == "short_conv_kernel") == [1, 1, 1, 1, 2, 2]
     for r in report:
         assert r["ptxas_rc"] == 0 and r["shared"] <= 227 * 1024, r
         spilled = sum(int(s.split("bytes spill stores")[0].split(",")[-1]) for s in r["spills"])
