@@ -464,7 +464,7 @@ if triton is not None:
         pq, pk, pv = q + i_b * T * (H * K), k + i_b * T * (H * K) - H * K, v + i_b * T * (H * V) - 2 * H * K
         oq, ov = rows[:, None] * (H * K) + c[None, :], rows[:, None] * (H * V) + c[None, :]
         if BACKWARD:  # (loads and stores stay in per-tensor branches: a pointer chosen by branch made it slower)
-            g, bg, og = tl.zeros((BT, K), tl.float32), i_b * T * (H * G * K), rows[:, None] * (H * G * K) + (i_d % H) * (G * K) + c[None, :] % K
+            g, bg, og = tl.zeros_like(u), i_b * T * (H * G * K), rows[:, None] * (H * G * K) + (i_d % H) * (G * K) + tl.arange(0, K)[None, :]
             for j in tl.static_range(G):  # GVA: head i_d % H's gradient from each of its G value heads
                 if i_d < H:
                     g += tl.load(q + bg + og + j * K, mask=m, other=0.0).to(tl.float32)
@@ -590,7 +590,7 @@ def fla_grouped_bwd(chunk_o, wy_fast, q, k, v, v_new, beta, g, A, w, h, do, dh, 
     """GVA: FLA's chunk_bwd_dqkwg and prepare_wy_repr_bwd kernels launched as their wrappers do, less the wrappers' ATen
     sums of dq and dk over each group of value heads (2.7 ms a step at 2048 on an H100): the conv's backward sums them."""
     (B, T, H, K), HV, V, NT, smem = k.shape, v.shape[2], v.shape[3], -(-k.shape[1] // C), chunk_o.check_shared_mem
-    most = 128 if smem("hopper", k.device.index) else 64 if smem("ada", k.device.index) else 32  # FLA's tiles: dqkwg, WY
+    most = 128 if smem("hopper", k.device.index) else 64 if smem("ada", k.device.index) else 32  # FLA's tile caps (Ampere: 64, not its 128)
     (BK, BV), (wK, wV) = ([min(max(triton.next_power_of_2(n), 16), cap) for n in (K, V)] for cap in (most, 64 if smem() else 32))
     dq, dk, dk2, dw, dv2, dbeta, dg2 = *(k.new_empty(B, T, HV, K) for _ in range(3)), *map(torch.empty_like, (w, v, beta, g))
     dg = g.new_empty(-(-K // BK), *g.shape)
